@@ -1,0 +1,81 @@
+/**
+ * Bridges a libp2p stream to a Node.js Duplex, with backpressure both ways:
+ * when the Node side stops reading, the libp2p stream is paused (yamux then
+ * stops granting window to the sender); when the libp2p side cannot take
+ * more, writes wait for its drain. Half-close is kept: ending the Duplex
+ * closes only our writable end.
+ */
+import type { Stream } from '@libp2p/interface'
+import { Duplex } from 'node:stream'
+
+/** Bytes buffered on the Node side before the libp2p stream is paused. */
+const READ_HIGH_WATER_MARK = 256 * 1024
+
+class StreamDuplex extends Duplex {
+  readonly stream: Stream
+  private paused = false
+
+  constructor(stream: Stream) {
+    super({ allowHalfOpen: true, readableHighWaterMark: READ_HIGH_WATER_MARK })
+    this.stream = stream
+
+    stream.addEventListener('message', (evt) => {
+      const data = evt.data
+      const chunk = data instanceof Uint8Array ? data : data.subarray()
+      if (!this.push(chunk) && !this.paused) {
+        this.paused = true
+        stream.pause()
+      }
+    })
+
+    // 'end' fires once the read buffer has drained after the remote closed
+    // its writable end, so no byte the remote sent is dropped here.
+    stream.addEventListener('end', () => this.push(null))
+    if (stream.readableEnded) this.push(null)
+
+    stream.addEventListener('close', (evt) => {
+      if (evt.error !== undefined) {
+        this.destroy(evt.error)
+        return
+      }
+      this.push(null)
+    })
+  }
+
+  override _read(): void {
+    if (this.paused) {
+      this.paused = false
+      this.stream.resume()
+    }
+  }
+
+  override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (err?: Error) => void): void {
+    try {
+      if (this.stream.send(chunk)) {
+        callback()
+        return
+      }
+      this.stream.onDrain().then(() => callback(), callback)
+    } catch (err) {
+      callback(err as Error)
+    }
+  }
+
+  override _final(callback: (err?: Error) => void): void {
+    this.stream.close().then(() => callback(), callback)
+  }
+
+  override _destroy(err: Error | null, callback: (err?: Error | null) => void): void {
+    const finished = this.writableFinished && this.readableEnded
+    const open = this.stream.status === 'open' || this.stream.status === 'closing'
+    if (open && (err !== null || !finished)) {
+      this.stream.abort(err ?? new Error('stream destroyed locally'))
+    }
+    callback(err)
+  }
+}
+
+/** Wraps a libp2p stream; the returned Duplex owns it. */
+export function toDuplex(stream: Stream): Duplex {
+  return new StreamDuplex(stream)
+}

@@ -1,0 +1,99 @@
+/**
+ * Errors shared by every role. Each carries a stable `code` (part of the API:
+ * scripts branch on it) and an HTTP status for the coordinator to answer
+ * with. Messages are sentences safe to show users and may change; codes may
+ * not. The table of codes lives in README.md under "Error codes".
+ */
+
+export const ERROR_STATUS = {
+  MESH_BAD_REQUEST: 400,
+  MESH_VALIDATION: 400,
+  MESH_INVALID_NAME: 400,
+  MESH_UNAUTHENTICATED: 401,
+  MESH_BAD_CREDENTIALS: 401,
+  MESH_FORBIDDEN: 403,
+  MESH_NOT_FOUND: 404,
+  MESH_USER_NOT_FOUND: 404,
+  MESH_TEMPLATE_NOT_FOUND: 404,
+  MESH_WORKSPACE_NOT_FOUND: 404,
+  MESH_BUILD_NOT_FOUND: 404,
+  MESH_FIRST_USER_EXISTS: 409,
+  MESH_WORKSPACE_EXISTS: 409,
+  MESH_BUILD_IN_PROGRESS: 409,
+  MESH_WORKSPACE_NOT_RUNNING: 409,
+  MESH_AGENT_NOT_CONNECTED: 409,
+  MESH_BODY_TOO_LARGE: 413,
+  MESH_UNSUPPORTED_MEDIA_TYPE: 415,
+  MESH_INTERNAL: 500,
+  // Client-side codes: never sent by the coordinator.
+  MESH_NOT_LOGGED_IN: 0,
+  MESH_SERVER_UNREACHABLE: 0,
+  MESH_CONNECT_FAILED: 0,
+  MESH_BUILD_FAILED: 0,
+  MESH_BAD_ARGUMENT: 0,
+  MESH_TICKET_INVALID: 0,
+  MESH_PROVISION_FAILED: 0,
+  MESH_PROVISION_CANCELED: 0,
+} as const
+
+export type ErrorCode = keyof typeof ERROR_STATUS
+
+/** One field that failed validation, as sent in the error envelope. */
+export interface Validation {
+  field: string
+  detail: string
+}
+
+/** The body of every error the HTTP API returns. */
+export interface ErrorEnvelope {
+  code: ErrorCode
+  message: string
+  detail?: string
+  validations?: Validation[]
+}
+
+export interface MeshErrorInit {
+  detail?: string
+  validations?: Validation[]
+  cause?: unknown
+}
+
+/**
+ * An error with a stable code. `name` is set so checks work even when two
+ * copies of this module are loaded (compare `err.name === 'MeshError'`).
+ */
+export class MeshError extends Error {
+  static readonly NAME = 'MeshError'
+  readonly code: ErrorCode
+  readonly detail?: string
+  readonly validations?: Validation[]
+
+  constructor(code: ErrorCode, message: string, init: MeshErrorInit = {}) {
+    super(message, { cause: init.cause })
+    this.name = MeshError.NAME
+    this.code = code
+    this.detail = init.detail
+    this.validations = init.validations
+  }
+
+  /** The HTTP status this error maps to; 500 for client-side codes. */
+  get status(): number {
+    const status = ERROR_STATUS[this.code]
+    return status === 0 ? 500 : status
+  }
+
+  toJSON(): ErrorEnvelope {
+    const body: ErrorEnvelope = { code: this.code, message: this.message }
+    if (this.detail !== undefined) body.detail = this.detail
+    if (this.validations !== undefined) body.validations = this.validations
+    return body
+  }
+}
+
+export function isMeshError(err: unknown): err is MeshError {
+  return err instanceof Error && err.name === MeshError.NAME
+}
+
+export function isErrorCode(value: unknown): value is ErrorCode {
+  return typeof value === 'string' && Object.hasOwn(ERROR_STATUS, value)
+}
