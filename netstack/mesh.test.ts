@@ -54,7 +54,13 @@ describe('mesh streams', () => {
   })
 
   function ticketFor(clientPeer: string, agentPeer: string): string {
-    const claims = { v: 1 as const, client: clientPeer, agent: agentPeer, workspace: 'w', user: 'u' }
+    const claims = {
+      v: 1 as const,
+      client: clientPeer,
+      agent: agentPeer,
+      workspace: 'w',
+      user: 'u',
+    }
     return signTicket({ ...claims, exp: Date.now() + 60_000 }, keys.privateKey)
   }
 
@@ -76,7 +82,10 @@ describe('mesh streams', () => {
   })
 
   it('should refuse a stream whose ticket names another agent', async () => {
-    const stranger = await createMeshNode({ privateKey: await generateKeyPair('Ed25519'), listen: [] })
+    const stranger = await createMeshNode({
+      privateKey: await generateKeyPair('Ed25519'),
+      listen: [],
+    })
     try {
       const addrs = agent.getMultiaddrs().map((a) => a.decapsulate('/p2p').toString())
       const conn = await dialAgent(stranger, {
@@ -94,7 +103,10 @@ describe('mesh streams', () => {
   })
 
   it('should refuse a raw stream with no ticket', async () => {
-    const stranger = await createMeshNode({ privateKey: await generateKeyPair('Ed25519'), listen: [] })
+    const stranger = await createMeshNode({
+      privateKey: await generateKeyPair('Ed25519'),
+      listen: [],
+    })
     try {
       const addr = agent.getMultiaddrs().find((a) => !a.toString().includes('circuit'))!
       const conn = await stranger.dial(multiaddr(addr.toString()))

@@ -1,49 +1,19 @@
 /**
- * The provisioner: runs the real `terraform` for one workspace build.
- * Implementation pending; this file fixes the contract the coordinator uses.
+ * The provisioner: runs the real `terraform` for one workspace build, in a
+ * working directory of its own, and hands back the state for the next build.
+ *
+ * `provision` throws only MESH_BAD_REQUEST, for a job that cannot be run as
+ * given (a file path outside the working directory, a malformed build id or
+ * variable name). Everything that goes wrong while running, Terraform errors
+ * and cancellation included, is a result with `ok: false`, a one-line
+ * `error`, and the details in the log.
  */
-import type { Transition } from '../sdk/api-types.ts'
-
-export interface ProvisionFile {
-  path: string
-  content: Buffer
-}
-
-/** One line of build output. */
-export interface ProvisionLogLine {
-  source: 'stdout' | 'stderr' | 'provisioner'
-  text: string
-}
-
-export interface ProvisionJob {
-  buildId: string
-  transition: Transition
-  /** The template version's files, written into a fresh working directory. */
-  files: ProvisionFile[]
-  /** Values for TF_VAR_<name>, both coder_mesh_* and template parameters. */
-  variables: Record<string, string>
-  /** Names of variables whose values must never be logged. */
-  sensitive: string[]
-  /** terraform.tfstate from the previous build of this workspace, if any. */
-  state?: Buffer
-  /** Parent folder for working directories; each build gets its own inside. */
-  workRoot: string
-}
-
-export interface ProvisionResult {
-  ok: boolean
-  /** terraform.tfstate after the run, to keep for the next build. */
-  state?: Buffer
-  /** One line saying why the build failed. */
-  error?: string
-}
-
-export interface ProvisionOptions {
-  signal?: AbortSignal
-  onLog: (line: ProvisionLogLine) => void
-}
-
-export declare function provision(
-  job: ProvisionJob,
-  options: ProvisionOptions,
-): Promise<ProvisionResult>
+export type {
+  ProvisionFile,
+  ProvisionJob,
+  ProvisionLogLine,
+  ProvisionOptions,
+  ProvisionResult,
+} from './types.ts'
+export { provision } from './provision.ts'
+export { ENV_KEEP_WORKDIRS, templatePath } from './workdir.ts'

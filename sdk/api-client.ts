@@ -208,7 +208,11 @@ async function errorFromResponse(res: Response): Promise<MeshError> {
   } catch {
     // Not our envelope: fall through to a generic error below.
   }
-  return new MeshError('MESH_INTERNAL', `The coordinator answered ${res.status} ${res.statusText}.`, {
-    detail: text.slice(0, 200),
-  })
+  return new MeshError(
+    'MESH_INTERNAL',
+    `The coordinator answered ${res.status} ${res.statusText}.`,
+    {
+      detail: text.slice(0, 200),
+    },
+  )
 }

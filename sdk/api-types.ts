@@ -141,14 +141,7 @@ export interface Build {
 
 /** What the workspace is doing, derived from its latest build. */
 export type WorkspaceStatus =
-  | 'pending'
-  | 'starting'
-  | 'running'
-  | 'stopping'
-  | 'stopped'
-  | 'deleting'
-  | 'deleted'
-  | 'failed'
+  'pending' | 'starting' | 'running' | 'stopping' | 'stopped' | 'deleting' | 'deleted' | 'failed'
 
 export interface AgentInfo {
   peerId: string

@@ -15,7 +15,15 @@ export function createLogger(name: string, fallbackLevel = 'info'): Logger {
       level: envLogLevel() ?? fallbackLevel,
       // Secrets must never reach logs, whatever a caller passes in.
       redact: {
-        paths: ['token', 'password', 'ticket', '*.token', '*.password', '*.ticket', 'authorization'],
+        paths: [
+          'token',
+          'password',
+          'ticket',
+          '*.token',
+          '*.password',
+          '*.ticket',
+          'authorization',
+        ],
         censor: '[redacted]',
       },
     },

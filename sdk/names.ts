@@ -26,8 +26,12 @@ export function nameProblem(name: string): string | undefined {
 export function assertName(kind: string, name: string): void {
   const problem = nameProblem(name)
   if (problem === undefined) return
-  throw new MeshError('MESH_INVALID_NAME', `Invalid ${kind} name ${JSON.stringify(name)}: ${problem}.`, {
-    detail: NAME_RULE,
-    validations: [{ field: 'name', detail: problem }],
-  })
+  throw new MeshError(
+    'MESH_INVALID_NAME',
+    `Invalid ${kind} name ${JSON.stringify(name)}: ${problem}.`,
+    {
+      detail: NAME_RULE,
+      validations: [{ field: 'name', detail: problem }],
+    },
+  )
 }

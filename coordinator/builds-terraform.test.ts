@@ -1,0 +1,123 @@
+/**
+ * Builds through the real provisioner and terraform, with a template of
+ * built-in `terraform_data` resources whose local-exec only echoes.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import type { BuildLogEvent } from '../sdk/api-types.ts'
+import { provision } from '../provisioner/index.ts'
+import { testCoordinator, waitForBuild, type TestCoordinator } from './testing.ts'
+
+const MAIN_TF = `
+variable "coder_mesh_transition" { type = string }
+variable "coder_mesh_start_count" { type = number }
+variable "coder_mesh_agent_token" {
+  type      = string
+  sensitive = true
+}
+variable "greeting" {
+  type    = string
+  default = "hello"
+  validation {
+    condition     = length(var.greeting) < 20
+    error_message = "The greeting must be shorter than 20 characters."
+  }
+}
+
+resource "terraform_data" "workspace" {
+  count = var.coder_mesh_start_count
+  provisioner "local-exec" {
+    command = "echo \${var.greeting} from \${var.coder_mesh_transition}"
+  }
+}
+
+resource "terraform_data" "home" {
+  provisioner "local-exec" {
+    when    = destroy
+    command = "echo removing the home folder"
+  }
+}
+`
+
+function logText(events: BuildLogEvent[]): string {
+  return events.flatMap((e) => (e.type === 'log' ? [e.text] : [])).join('\n')
+}
+
+describe('builds with terraform', () => {
+  let t: TestCoordinator
+  let token: string
+  const agentTokens: string[] = []
+
+  beforeAll(async () => {
+    t = await testCoordinator({
+      provision: (job, options) => {
+        agentTokens.push(job.variables.coder_mesh_agent_token ?? '')
+        return provision(job, options)
+      },
+    })
+    token = await t.owner()
+    const content = Buffer.from(MAIN_TF).toString('base64')
+    await t.call('POST', '/api/v1/templates/echo/versions', {
+      token,
+      body: { files: [{ path: 'main.tf', content }] },
+    })
+  })
+
+  afterAll(async () => {
+    await t?.cleanup()
+  })
+
+  async function logsOf(buildId: string): Promise<BuildLogEvent[]> {
+    const res = await t.call('GET', `/api/v1/builds/${buildId}/logs`, { token })
+    return res.text
+      .split('\n')
+      .filter((l) => l !== '')
+      .map((l) => JSON.parse(l) as BuildLogEvent)
+  }
+
+  async function build(name: string, transition: 'start' | 'stop' | 'delete') {
+    const res = await t.call('POST', `/api/v1/workspaces/${name}/builds`, {
+      token,
+      body: { transition },
+    })
+    expect(res.status).toBe(201)
+    return waitForBuild(t, token, res.json.id)
+  }
+
+  it('should start, stop and delete a workspace, keeping state between builds', async () => {
+    const created = await t.call('POST', '/api/v1/workspaces', {
+      token,
+      body: { name: 'dev', template: 'echo', parameters: { greeting: 'howdy' } },
+    })
+    const started = await waitForBuild(t, token, created.json.build.id)
+    expect(started.status).toBe('succeeded')
+    const startLog = logText(await logsOf(started.id))
+    expect(startLog).toContain('howdy from start')
+    for (const secret of agentTokens.filter((s) => s !== '')) expect(startLog).not.toContain(secret)
+    expect((await t.call('GET', '/api/v1/workspaces/dev', { token })).json.status).toBe('running')
+
+    const stopped = await build('dev', 'stop')
+    expect(stopped.status).toBe('succeeded')
+    // The state from the start build let terraform destroy the counted resource.
+    expect(logText(await logsOf(stopped.id))).toMatch(/terraform_data\.workspace\[0\].*destr/i)
+    expect((await t.call('GET', '/api/v1/workspaces/dev', { token })).json.status).toBe('stopped')
+
+    const deleted = await build('dev', 'delete')
+    expect(deleted.status).toBe('succeeded')
+    expect(logText(await logsOf(deleted.id))).toContain('removing the home folder')
+    expect((await t.call('GET', '/api/v1/workspaces/dev', { token })).status).toBe(404)
+  })
+
+  it("should fail a build whose parameter breaks the template's validation", async () => {
+    const created = await t.call('POST', '/api/v1/workspaces', {
+      token,
+      body: { name: 'loud', template: 'echo', parameters: { greeting: 'x'.repeat(30) } },
+    })
+    const failed = await waitForBuild(t, token, created.json.build.id)
+    expect(failed.status).toBe('failed')
+    expect(failed.error).toBeTruthy()
+    expect(logText(await logsOf(failed.id))).toContain('The greeting must be shorter than 20')
+    expect((await t.call('GET', '/api/v1/workspaces/loud', { token })).json.status).toBe('failed')
+
+    expect((await build('loud', 'delete')).status).toBe('succeeded')
+  })
+})

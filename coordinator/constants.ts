@@ -1,0 +1,47 @@
+/** Defaults and limits of the coordinator, with their units. */
+import { HOUR, MINUTE, SECOND } from '../sdk/config.ts'
+
+/** The store's layout version, kept in the `meta` record. */
+export const SCHEMA_VERSION = 1
+
+/** How long a session token stays valid after login. */
+export const SESSION_TTL = 24 * HOUR
+
+/** How long a mesh ticket from /connect stays valid. */
+export const TICKET_TTL = 1 * HOUR
+
+/** How often agents register again, in seconds (sent to them). */
+export const HEARTBEAT_SECONDS = 15
+
+/** An agent counts as connected while it registered within this many ms. */
+export const AGENT_CONNECTED_WINDOW = 3 * HEARTBEAT_SECONDS * SECOND
+
+/** Builds that run at once across all workspaces. */
+export const DEFAULT_MAX_CONCURRENT_BUILDS = 2
+
+/** How long close() lets running builds finish before it cancels them, in ms. */
+export const DEFAULT_BUILD_GRACE = 30 * SECOND
+
+/** How long a canceled build may take to wind down before close() gives up on it, in ms. */
+export const BUILD_CANCEL_GRACE = 15 * SECOND
+
+/** Largest request body, in bytes, except template pushes. */
+export const MAX_BODY_BYTES = 1024 * 1024
+
+/** Largest template push body, in bytes (base64 inflates files by a third). */
+export const MAX_TEMPLATE_BODY_BYTES = 16 * 1024 * 1024
+
+/** Largest total size of a template version's decoded files, in bytes. */
+export const MAX_TEMPLATE_FILES_BYTES = 10 * 1024 * 1024
+
+/** Most reservations the relay holds at once. */
+export const MAX_RELAY_RESERVATIONS = 10_000
+
+/** Where the coordinator's libp2p node listens unless told otherwise. */
+export const DEFAULT_P2P_LISTEN = ['/ip4/0.0.0.0/tcp/0']
+
+/** Where `coder-mesh server` listens unless told otherwise. */
+export const DEFAULT_ADDRESS = '127.0.0.1:7080'
+
+/** Expired relay grants are swept this often, in ms. */
+export const GRANT_SWEEP_INTERVAL = 5 * MINUTE

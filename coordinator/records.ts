@@ -1,0 +1,87 @@
+/**
+ * What the coordinator keeps in its store, one interface per kind. These
+ * are storage shapes, not API shapes: they may hold hashes and internal ids
+ * that responses leave out.
+ */
+import type { Build, BuildLogLine } from '../sdk/api-types.ts'
+
+export interface MetaRecord {
+  schemaVersion: number
+  createdAt: string
+}
+
+/** Secrets the coordinator generates once and keeps. */
+export interface KeysRecord {
+  /** The libp2p identity (protobuf, base64), so the relay's peer id survives restarts. */
+  relayKey: string
+  /** The Ed25519 ticket signing key, PKCS#8 DER in base64. */
+  ticketKey: string
+}
+
+export interface UserRecord {
+  id: string
+  username: string
+  email: string
+  roles: string[]
+  /** `scrypt$N$r$p$salt$hash`, see passwords.ts. */
+  passwordHash: string
+  createdAt: string
+}
+
+/** Keyed by sha256(token) in hex; the token itself is never stored. */
+export interface SessionRecord {
+  userId: string
+  createdAt: string
+  /** Milliseconds since the epoch. */
+  expiresAt: number
+}
+
+export interface TemplateRecord {
+  name: string
+  activeVersion: number
+  versions: number
+  createdAt: string
+  updatedAt: string
+}
+
+export interface TemplateVersionRecord {
+  template: string
+  version: number
+  message: string
+  files: string[]
+  createdBy: string
+  createdAt: string
+}
+
+/** A template version's contents, kept apart so listings stay cheap. */
+export interface TemplateFilesRecord {
+  files: { path: string; content: string }[]
+}
+
+export interface AgentRecord {
+  peerId: string
+  addrs: string[]
+  version: string
+  lastSeenAt: string
+}
+
+export interface WorkspaceRecord {
+  id: string
+  name: string
+  ownerId: string
+  template: string
+  templateVersion: number
+  parameters: Record<string, string>
+  createdAt: string
+  latestBuildId: string
+  buildCount: number
+  /** sha256(agent token) in hex; absent while no start build has issued one. */
+  agentTokenHash?: string
+  agent?: AgentRecord
+}
+
+export interface BuildRecord extends Build {
+  ownerId: string
+}
+
+export type LogRecord = Omit<BuildLogLine, 'type'>

@@ -1,0 +1,202 @@
+import { generateKeyPair } from '@libp2p/crypto/keys'
+import { peerIdFromPrivateKey } from '@libp2p/peer-id'
+import type { PeerId } from '@libp2p/interface'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { importTicketPublicKey, verifyTicket } from '../netstack/ticket.ts'
+import { createRelayGater, createRelayPolicy } from './relay.ts'
+import {
+  stubProvision,
+  templateBody,
+  testCoordinator,
+  waitForBuild,
+  type StubProvision,
+  type TestCoordinator,
+} from './testing.ts'
+
+async function randomPeer(): Promise<PeerId> {
+  return peerIdFromPrivateKey(await generateKeyPair('Ed25519'))
+}
+
+describe('relay gater', () => {
+  it('should deny a reservation to a peer that is not a registered agent', async () => {
+    const policy = createRelayPolicy()
+    const gater = createRelayGater(policy)
+    const agent = await randomPeer()
+    const stranger = await randomPeer()
+
+    expect(await gater.denyInboundRelayReservation!(stranger)).toBe(true)
+    expect(await gater.denyInboundRelayReservation!(agent)).toBe(true)
+    policy.registerAgent('ws-1', agent.toString())
+    expect(await gater.denyInboundRelayReservation!(agent)).toBe(false)
+    expect(await gater.denyInboundRelayReservation!(stranger)).toBe(true)
+
+    policy.forgetAgent('ws-1')
+    expect(await gater.denyInboundRelayReservation!(agent)).toBe(true)
+  })
+
+  it('should keep an agent peer registered while any workspace still names it', async () => {
+    const policy = createRelayPolicy()
+    policy.registerAgent('ws-1', 'peer-a')
+    policy.registerAgent('ws-2', 'peer-a')
+    policy.forgetAgent('ws-1')
+    expect(policy.isAgent('peer-a')).toBe(true)
+    policy.registerAgent('ws-2', 'peer-b')
+    expect(policy.isAgent('peer-a')).toBe(false)
+    expect(policy.isAgent('peer-b')).toBe(true)
+  })
+
+  it('should deny a circuit unless the source holds an unexpired grant for the destination', async () => {
+    let now = 1_000_000
+    const policy = createRelayPolicy({ now: () => now })
+    const gater = createRelayGater(policy)
+    const [client, agent, other] = await Promise.all([randomPeer(), randomPeer(), randomPeer()])
+
+    expect(await gater.denyOutboundRelayedConnection!(client, agent)).toBe(true)
+    policy.grant(client.toString(), agent.toString(), now + 1000)
+    expect(await gater.denyOutboundRelayedConnection!(client, agent)).toBe(false)
+    expect(await gater.denyOutboundRelayedConnection!(client, other)).toBe(true)
+    expect(await gater.denyOutboundRelayedConnection!(agent, client)).toBe(true)
+
+    now += 1000
+    expect(await gater.denyOutboundRelayedConnection!(client, agent)).toBe(true)
+    policy.sweep()
+    expect(policy.isGranted(client.toString(), agent.toString())).toBe(false)
+  })
+})
+
+describe('agents and tickets', () => {
+  let t: TestCoordinator
+  let stub: StubProvision
+  let token: string
+  let agentToken: string
+  let agentPeer: string
+
+  beforeAll(async () => {
+    stub = stubProvision()
+    t = await testCoordinator({ provision: stub.provision })
+    token = await t.owner()
+    await t.call('POST', '/api/v1/templates/local/versions', { token, body: templateBody() })
+    const res = await t.call('POST', '/api/v1/workspaces', {
+      token,
+      body: { name: 'dev', template: 'local' },
+    })
+    await waitForBuild(t, token, res.json.build.id)
+    agentToken = stub.jobs.at(-1)!.variables.coder_mesh_agent_token!
+    agentPeer = (await randomPeer()).toString()
+  })
+
+  afterAll(async () => {
+    for (const body of t.bodies) expect(body).not.toContain('    at ')
+    await t.cleanup()
+  })
+
+  function register(bearer: string, peerId = agentPeer) {
+    return t.call('POST', '/api/v1/agent/register', {
+      token: bearer,
+      body: { peerId, addrs: ['/ip4/127.0.0.1/tcp/4001'], version: '0.1.0' },
+    })
+  }
+
+  it('should refuse /connect with 409 MESH_AGENT_NOT_CONNECTED before the agent registers', async () => {
+    const res = await t.call('POST', '/api/v1/workspaces/dev/connect', {
+      token,
+      body: { peerId: (await randomPeer()).toString() },
+    })
+    expect(res.status).toBe(409)
+    expect(res.json.code).toBe('MESH_AGENT_NOT_CONNECTED')
+  })
+
+  it('should refuse registration with a session token or an unknown agent token', async () => {
+    expect((await register(token)).status).toBe(401)
+    const unknown = await register('cma_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA')
+    expect(unknown.status).toBe(401)
+    expect(unknown.json.code).toBe('MESH_UNAUTHENTICATED')
+    expect((await t.call('POST', '/api/v1/agent/register', { body: {} })).status).toBe(401)
+  })
+
+  it('should register the agent and answer the ticket key and relays', async () => {
+    const res = await register(agentToken)
+    expect(res.status).toBe(200)
+    expect(res.json).toMatchObject({
+      workspaceName: 'dev',
+      owner: 'alice',
+      heartbeatSeconds: 15,
+    })
+    const relayId = t.coordinator.node.peerId.toString()
+    expect(res.json.relays.length).toBeGreaterThan(0)
+    for (const addr of res.json.relays) {
+      expect(addr).toMatch(new RegExp(`/p2p/${relayId}$`))
+      expect(addr).not.toContain('0.0.0.0')
+    }
+    expect(t.coordinator.relay.isAgent(agentPeer)).toBe(true)
+
+    const ws = await t.call('GET', '/api/v1/workspaces/dev', { token })
+    expect(ws.json.agent).toMatchObject({ peerId: agentPeer, connected: true, version: '0.1.0' })
+  })
+
+  it('should refuse an agent peer id that does not parse with 400', async () => {
+    const res = await register(agentToken, 'not-a-peer-id')
+    expect(res.status).toBe(400)
+    expect(res.json.code).toBe('MESH_VALIDATION')
+  })
+
+  it('should sign a ticket that verifies with the key the agent got, and grant the circuit', async () => {
+    const client = (await randomPeer()).toString()
+    const reg = await register(agentToken)
+    const res = await t.call('POST', '/api/v1/workspaces/dev/connect', {
+      token,
+      body: { peerId: client },
+    })
+    expect(res.status).toBe(200)
+    expect(res.json.agent).toEqual({ peerId: agentPeer, addrs: ['/ip4/127.0.0.1/tcp/4001'] })
+    expect(res.json.relays).toEqual(reg.json.relays)
+
+    const key = importTicketPublicKey(reg.json.ticketPublicKey)
+    const claims = verifyTicket(res.json.ticket, key, { agent: agentPeer, client })
+    expect(claims).toMatchObject({ v: 1, workspace: res.json.workspaceId })
+    expect(claims.exp).toBe(Date.parse(res.json.expiresAt))
+    expect(claims.exp - Date.now()).toBeGreaterThan(59 * 60_000)
+    expect(() =>
+      verifyTicket(res.json.ticket, key, { agent: agentPeer, client: agentPeer }),
+    ).toThrow()
+
+    expect(t.coordinator.relay.isGranted(client, agentPeer)).toBe(true)
+  })
+
+  it('should refuse a client peer id that does not parse with 400', async () => {
+    const res = await t.call('POST', '/api/v1/workspaces/dev/connect', {
+      token,
+      body: { peerId: 'garbage' },
+    })
+    expect(res.status).toBe(400)
+  })
+
+  it('should retire the agent when the workspace stops, and refuse /connect while stopped', async () => {
+    const stop = await t.call('POST', '/api/v1/workspaces/dev/builds', {
+      token,
+      body: { transition: 'stop' },
+    })
+    await waitForBuild(t, token, stop.json.id)
+    expect(t.coordinator.relay.isAgent(agentPeer)).toBe(false)
+    expect((await register(agentToken)).status).toBe(401)
+
+    const res = await t.call('POST', '/api/v1/workspaces/dev/connect', {
+      token,
+      body: { peerId: (await randomPeer()).toString() },
+    })
+    expect(res.status).toBe(409)
+    expect(res.json.code).toBe('MESH_WORKSPACE_NOT_RUNNING')
+  })
+
+  it('should issue a new agent token on start; the old one stops working', async () => {
+    const start = await t.call('POST', '/api/v1/workspaces/dev/builds', {
+      token,
+      body: { transition: 'start' },
+    })
+    await waitForBuild(t, token, start.json.id)
+    const fresh = stub.jobs.at(-1)!.variables.coder_mesh_agent_token!
+    expect(fresh).not.toBe(agentToken)
+    expect((await register(agentToken)).status).toBe(401)
+    expect((await register(fresh)).status).toBe(200)
+  })
+})

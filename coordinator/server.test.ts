@@ -1,0 +1,196 @@
+import { generateKeyPair } from '@libp2p/crypto/keys'
+import { peerIdFromPrivateKey } from '@libp2p/peer-id'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { createServer } from 'node:net'
+import type { AddressInfo } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { ApiClient } from '../sdk/api-client.ts'
+import type { BuildLogEvent } from '../sdk/api-types.ts'
+import { createLogger } from '../sdk/logger.ts'
+import { dialAgent } from '../netstack/dial.ts'
+import { createMeshNode } from '../netstack/node.ts'
+import { parseAddress, startServer, type RunningServer } from './server.ts'
+import {
+  deferred,
+  PASSWORD,
+  stubProvision,
+  templateBody,
+  testCoordinator,
+  waitForBuild,
+} from './testing.ts'
+
+const silent = createLogger('mesh:coordinator:test', 'silent')
+
+describe('parseAddress', () => {
+  it.each([
+    ['127.0.0.1:7080', { host: '127.0.0.1', port: 7080 }],
+    ['[::1]:0', { host: '::1', port: 0 }],
+    [':8080', { host: '0.0.0.0', port: 8080 }],
+  ])('should parse %j', (address, expected) => {
+    expect(parseAddress(address)).toEqual(expected)
+  })
+
+  it.each(['localhost', '1.2.3.4:99999', 'host:port'])('should refuse %j', (address) => {
+    expect(() => parseAddress(address)).toThrow(/Invalid address/)
+  })
+})
+
+describe('coordinator restarts', () => {
+  it('should keep its relay peer id and ticket key, and fail builds a restart interrupted', async () => {
+    const first = await testCoordinator()
+    const token = await first.owner()
+    await first.call('POST', '/api/v1/templates/local/versions', { token, body: templateBody() })
+    const created = await first.call('POST', '/api/v1/workspaces', {
+      token,
+      body: { name: 'dev', template: 'local' },
+    })
+    await waitForBuild(first, token, created.json.build.id)
+    const peerId = first.coordinator.node.peerId.toString()
+    const ticketKey = first.coordinator.ticketKey.publicKey.export({ format: 'der', type: 'spki' })
+
+    // Pretend the process died mid-build: a running build left in the store.
+    const build = (await first.coordinator.store.builds.get(created.json.build.id))!
+    await first.coordinator.store.builds.put(build.id, { ...build, status: 'running' })
+    await first.close()
+
+    const second = await testCoordinator({ dataDir: first.dataDir })
+    try {
+      expect(second.coordinator.node.peerId.toString()).toBe(peerId)
+      const key = second.coordinator.ticketKey.publicKey.export({ format: 'der', type: 'spki' })
+      expect(key.equals(ticketKey)).toBe(true)
+
+      const res = await second.call('GET', `/api/v1/builds/${build.id}`, { token })
+      expect(res.json).toMatchObject({
+        status: 'failed',
+        error: 'coordinator restarted during the build',
+      })
+      expect((await second.call('GET', '/api/v1/workspaces/dev', { token })).json.status).toBe(
+        'failed',
+      )
+    } finally {
+      await second.cleanup()
+    }
+  })
+
+  it('should cancel running builds at close once the grace period ends', async () => {
+    const stub = stubProvision()
+    const t = await testCoordinator({ provision: stub.provision })
+    const token = await t.owner()
+    await t.call('POST', '/api/v1/templates/local/versions', { token, body: templateBody() })
+
+    const started = deferred()
+    stub.behave = (_job, options) =>
+      new Promise((resolve) => {
+        started.resolve()
+        options.signal?.addEventListener('abort', () => resolve({ ok: false, error: 'canceled' }))
+      })
+    const created = await t.call('POST', '/api/v1/workspaces', {
+      token,
+      body: { name: 'dev', template: 'local' },
+    })
+    await started.promise
+    await t.close()
+
+    const reopened = await testCoordinator({ dataDir: t.dataDir })
+    try {
+      const res = await reopened.call('GET', `/api/v1/builds/${created.json.build.id}`, { token })
+      expect(res.json).toMatchObject({ status: 'failed', error: 'canceled' })
+    } finally {
+      await reopened.cleanup()
+    }
+  })
+})
+
+describe('startServer errors', () => {
+  it('should refuse a data folder another server holds, and a port in use', async () => {
+    const held = await testCoordinator()
+    try {
+      await expect(
+        startServer({ address: '127.0.0.1:0', dataDir: held.dataDir, log: silent }),
+      ).rejects.toThrow(/in use by another coder-mesh server/)
+
+      const blocker = createServer()
+      await new Promise<void>((resolve) => blocker.listen(0, '127.0.0.1', resolve))
+      const port = (blocker.address() as AddressInfo).port
+      await expect(
+        startServer({ address: `127.0.0.1:${port}`, dataDir: held.dataDir, log: silent }),
+      ).rejects.toThrow(/Cannot listen on/)
+      blocker.close()
+    } finally {
+      await held.cleanup()
+    }
+  })
+})
+
+describe('startServer', () => {
+  let server: RunningServer
+  let dataDir: string
+  let client: ApiClient
+  const stub = stubProvision()
+
+  beforeAll(async () => {
+    dataDir = await mkdtemp(join(tmpdir(), 'mesh-server-'))
+    server = await startServer({
+      address: '127.0.0.1:0',
+      dataDir,
+      p2pListen: ['/ip4/127.0.0.1/tcp/0'],
+      log: silent,
+      provision: stub.provision,
+    })
+    client = new ApiClient({ url: server.url })
+    await client.createFirstUser({ username: 'alice', email: 'a@example.com', password: PASSWORD })
+    client.token = (await client.login('alice', PASSWORD)).sessionToken
+  })
+
+  afterAll(async () => {
+    await server?.close()
+    await rm(dataDir, { recursive: true, force: true })
+  })
+
+  it('should serve the API on a free port and report its relay addresses', async () => {
+    expect(server.url).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/)
+    expect(server.relayAddrs[0]).toMatch(/^\/ip4\/127\.0\.0\.1\/tcp\/\d+\/p2p\/12D3Koo/)
+    expect(await (await fetch(`${server.url}/healthz`)).text()).toBe('ok')
+    expect((await client.me()).username).toBe('alice')
+  })
+
+  it('should stream a build log over HTTP to the final build event', async () => {
+    await client.pushTemplate('local', templateBody())
+    const { build } = await client.createWorkspace({ name: 'dev', template: 'local' })
+    const events: BuildLogEvent[] = []
+    for await (const event of client.followBuildLogs(build.id)) events.push(event)
+    expect(events.at(-1)).toMatchObject({ type: 'build', build: { status: 'succeeded' } })
+    expect(events.some((e) => e.type === 'log' && e.text === 'start done')).toBe(true)
+  })
+
+  it('should relay only for registered agents, and only to clients holding a ticket', async () => {
+    const relayAddr = server.relayAddrs[0]!
+    const strangerKey = await generateKeyPair('Ed25519')
+    await expect(
+      createMeshNode({ privateKey: strangerKey, listen: [`${relayAddr}/p2p-circuit`] }),
+    ).rejects.toThrow(/PERMISSION_DENIED/)
+
+    const agentKey = await generateKeyPair('Ed25519')
+    const agentPeer = peerIdFromPrivateKey(agentKey).toString()
+    const agentToken = stub.jobs.at(-1)!.variables.coder_mesh_agent_token!
+    const agentApi = new ApiClient({ url: server.url, token: agentToken })
+    await agentApi.registerAgent({ peerId: agentPeer, addrs: [], version: 'test' })
+    const agent = await createMeshNode({
+      privateKey: agentKey,
+      listen: [`${relayAddr}/p2p-circuit`],
+    })
+    const user = await createMeshNode({ privateKey: await generateKeyPair('Ed25519'), listen: [] })
+    try {
+      const target = { peerId: agentPeer, addrs: [], relays: [relayAddr] }
+      await expect(dialAgent(user, target, { timeout: 5000 })).rejects.toThrow(/any path/)
+
+      await client.connect('dev', user.peerId.toString())
+      const connection = await dialAgent(user, target, { timeout: 5000 })
+      expect(connection.remoteAddr.toString()).toContain('/p2p-circuit')
+    } finally {
+      await Promise.all([agent.stop(), user.stop()])
+    }
+  })
+})

@@ -1,0 +1,205 @@
+/**
+ * The embedded store: one LevelDB under `<dataDir>/store`, JSON values, a
+ * sublevel per kind of record. Callers get typed collections; a write that
+ * spans several of them goes through `batch()` so it lands atomically.
+ */
+import type { AbstractSublevel } from 'abstract-level'
+import { Level } from 'level'
+import { mkdir } from 'node:fs/promises'
+import { join } from 'node:path'
+import { MeshError } from '../sdk/errors.ts'
+import { SCHEMA_VERSION } from './constants.ts'
+import type {
+  BuildRecord,
+  KeysRecord,
+  LogRecord,
+  MetaRecord,
+  SessionRecord,
+  TemplateFilesRecord,
+  TemplateRecord,
+  TemplateVersionRecord,
+  UserRecord,
+  WorkspaceRecord,
+} from './records.ts'
+
+type Root = Level<string, unknown>
+type Sub<V> = AbstractSublevel<Root, string | Buffer | Uint8Array, string, V>
+
+export interface WriteOptions {
+  /** fsync before the promise resolves: use it where an acknowledged write must survive a crash. */
+  sync?: boolean
+}
+
+export interface RangeOptions {
+  /** Only keys starting with this string. */
+  prefix?: string
+  reverse?: boolean
+  limit?: number
+}
+
+/** One kind of record: string keys, JSON values. A missing key reads as undefined. */
+export class Collection<V> {
+  readonly sub: Sub<V>
+
+  constructor(sub: Sub<V>) {
+    this.sub = sub
+  }
+
+  get(key: string): Promise<V | undefined> {
+    return this.sub.get(key)
+  }
+
+  put(key: string, value: V, options: WriteOptions = {}): Promise<void> {
+    // classic-level reads `sync` from options that sublevels pass through
+    // untouched; abstract-level's types just do not list it.
+    const levelOptions = { sync: options.sync === true, valueEncoding: 'json' }
+    return this.sub.put(key, value, levelOptions)
+  }
+
+  del(key: string, options: WriteOptions = {}): Promise<void> {
+    const levelOptions = { sync: options.sync === true, keyEncoding: 'utf8' }
+    return this.sub.del(key, levelOptions)
+  }
+
+  async *entries(options: RangeOptions = {}): AsyncGenerator<[string, V]> {
+    const range =
+      options.prefix === undefined ? {} : { gte: options.prefix, lt: options.prefix + '\uffff' }
+    const iterator = this.sub.iterator({
+      ...range,
+      reverse: options.reverse === true,
+      limit: options.limit ?? -1,
+    })
+    try {
+      for await (const entry of iterator) yield entry
+    } finally {
+      await iterator.close()
+    }
+  }
+
+  async *values(options: RangeOptions = {}): AsyncGenerator<V> {
+    for await (const [, value] of this.entries(options)) yield value
+  }
+}
+
+/** Writes to several collections, applied together or not at all. */
+export interface Batch {
+  put<V>(collection: Collection<V>, key: string, value: V): Batch
+  del<V>(collection: Collection<V>, key: string): Batch
+  write(options?: WriteOptions): Promise<void>
+}
+
+export interface Store {
+  readonly location: string
+  readonly meta: Collection<MetaRecord>
+  readonly keys: Collection<KeysRecord>
+  readonly users: Collection<UserRecord>
+  /** username → user id */
+  readonly usernames: Collection<string>
+  /** lowercased email → user id */
+  readonly emails: Collection<string>
+  readonly sessions: Collection<SessionRecord>
+  readonly templates: Collection<TemplateRecord>
+  /** `<template>/<version, 8 digits>` → version */
+  readonly templateVersions: Collection<TemplateVersionRecord>
+  /** `<template>/<version, 8 digits>` → files */
+  readonly templateFiles: Collection<TemplateFilesRecord>
+  readonly workspaces: Collection<WorkspaceRecord>
+  /** `<owner id>/<name>` → workspace id */
+  readonly workspaceNames: Collection<string>
+  /** sha256(agent token) → workspace id */
+  readonly agentTokens: Collection<string>
+  readonly builds: Collection<BuildRecord>
+  /** `<build id>/<seq, 10 digits>` → line */
+  readonly buildLogs: Collection<LogRecord>
+  /** workspace id → terraform.tfstate, base64 */
+  readonly states: Collection<string>
+  batch(): Batch
+  close(): Promise<void>
+}
+
+/** Zero-padded decimal, so numeric keys sort in order. */
+export function padKey(n: number, width: number): string {
+  return String(n).padStart(width, '0')
+}
+
+/** Opens (creating if needed) the store under `<dataDir>/store`. */
+export async function openStore(dataDir: string): Promise<Store> {
+  const location = join(dataDir, 'store')
+  await mkdir(location, { recursive: true, mode: 0o700 })
+  const db: Root = new Level<string, unknown>(location, { valueEncoding: 'json' })
+  try {
+    await db.open()
+  } catch (err) {
+    if ((err as { cause?: { code?: string } }).cause?.code === 'LEVEL_LOCKED') {
+      throw new MeshError(
+        'MESH_BAD_ARGUMENT',
+        `The data folder ${dataDir} is in use by another coder-mesh server.`,
+        { detail: (err as Error & { cause: Error }).cause.message, cause: err },
+      )
+    }
+    throw err
+  }
+
+  const collection = <V>(name: string): Collection<V> =>
+    new Collection(db.sublevel<string, V>(name, { valueEncoding: 'json' }))
+
+  const store: Store = {
+    location,
+    meta: collection('meta'),
+    keys: collection('keys'),
+    users: collection('users'),
+    usernames: collection('usernames'),
+    emails: collection('emails'),
+    sessions: collection('sessions'),
+    templates: collection('templates'),
+    templateVersions: collection('template-versions'),
+    templateFiles: collection('template-files'),
+    workspaces: collection('workspaces'),
+    workspaceNames: collection('workspace-names'),
+    agentTokens: collection('agent-tokens'),
+    builds: collection('builds'),
+    buildLogs: collection('build-logs'),
+    states: collection('states'),
+    batch: () => newBatch(db),
+    close: () => db.close(),
+  }
+
+  try {
+    await checkMeta(store)
+  } catch (err) {
+    await db.close()
+    throw err
+  }
+  return store
+}
+
+function newBatch(db: Root): Batch {
+  const chained = db.batch()
+  const batch: Batch = {
+    put(collection, key, value) {
+      chained.put(key, value, { sublevel: collection.sub })
+      return batch
+    },
+    del(collection, key) {
+      chained.del(key, { sublevel: collection.sub })
+      return batch
+    },
+    write: (options = {}) => chained.write({ sync: options.sync === true }),
+  }
+  return batch
+}
+
+async function checkMeta(store: Store): Promise<void> {
+  const meta = await store.meta.get('meta')
+  if (meta === undefined) {
+    const record = { schemaVersion: SCHEMA_VERSION, createdAt: new Date().toISOString() }
+    await store.meta.put('meta', record, { sync: true })
+    return
+  }
+  if (meta.schemaVersion !== SCHEMA_VERSION) {
+    throw new Error(
+      `open store: schema version ${meta.schemaVersion} is not ${SCHEMA_VERSION}; ` +
+        'this coder-mesh cannot read it',
+    )
+  }
+}

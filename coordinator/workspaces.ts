@@ -1,0 +1,260 @@
+/**
+ * Workspaces and the builds that move them between states. Every call acts
+ * on the caller's own workspaces only; another user's workspace answers as
+ * if it did not exist. A workspace's status is derived from its latest
+ * build, never stored.
+ */
+import { randomUUID } from 'node:crypto'
+import type {
+  Build,
+  CreateWorkspaceRequest,
+  CreateWorkspaceResponse,
+  Transition,
+  Workspace,
+  WorkspaceStatus,
+} from '../sdk/api-types.ts'
+import { MeshError, type Validation } from '../sdk/errors.ts'
+import type { Logger } from '../sdk/logger.ts'
+import { assertName } from '../sdk/names.ts'
+import { stripOwner } from './build-logs.ts'
+import { isBuildActive, workspaceLock, type Builds } from './builds.ts'
+import { AGENT_CONNECTED_WINDOW } from './constants.ts'
+import type { KeyedLock } from './lock.ts'
+import type { BuildRecord, UserRecord, WorkspaceRecord } from './records.ts'
+import type { Store } from './store.ts'
+import type { Templates } from './templates.ts'
+
+export interface WorkspacesComponents {
+  store: Store
+  locks: KeyedLock
+  templates: Templates
+  builds: Builds
+  log: Logger
+  now?: () => number
+}
+
+export interface Workspaces {
+  create(owner: UserRecord, request: CreateWorkspaceRequest): Promise<CreateWorkspaceResponse>
+  list(owner: UserRecord): Promise<Workspace[]>
+  get(owner: UserRecord, name: string): Promise<Workspace>
+  /** The stored record; MESH_WORKSPACE_NOT_FOUND if the owner has no such workspace. */
+  record(owner: UserRecord, name: string): Promise<WorkspaceRecord>
+  status(record: WorkspaceRecord): Promise<WorkspaceStatus>
+  /** Starts a build; MESH_BUILD_IN_PROGRESS while the latest one is queued or running. */
+  createBuild(owner: UserRecord, name: string, transition: Transition): Promise<Build>
+  /** A build of the owner's; MESH_BUILD_NOT_FOUND otherwise. */
+  build(owner: UserRecord, id: string): Promise<Build>
+}
+
+const STATUS: Record<Transition, Record<'active' | 'succeeded', WorkspaceStatus>> = {
+  start: { active: 'starting', succeeded: 'running' },
+  stop: { active: 'stopping', succeeded: 'stopped' },
+  delete: { active: 'deleting', succeeded: 'deleted' },
+}
+
+export function workspaceStatus(build: Pick<Build, 'transition' | 'status'>): WorkspaceStatus {
+  if (build.status === 'failed') return 'failed'
+  return STATUS[build.transition][build.status === 'succeeded' ? 'succeeded' : 'active']
+}
+
+/** Terraform variable names; the coder_mesh_ ones are the coordinator's to set. */
+const PARAMETER_NAME = /^[A-Za-z_][A-Za-z0-9_-]*$/
+
+function checkParameters(parameters: Record<string, string>): void {
+  const validations: Validation[] = []
+  for (const name of Object.keys(parameters)) {
+    const field = `parameters.${name}`
+    if (!PARAMETER_NAME.test(name)) {
+      validations.push({ field, detail: 'is not a Terraform variable name' })
+    } else if (name.startsWith('coder_mesh_')) {
+      validations.push({ field, detail: 'is set by coder-mesh and cannot be overridden' })
+    }
+  }
+  if (validations.length === 0) return
+  const first = validations[0]!
+  throw new MeshError('MESH_VALIDATION', `Invalid parameter: ${first.field} ${first.detail}.`, {
+    validations,
+  })
+}
+
+function notFound(name: string): MeshError {
+  return new MeshError(
+    'MESH_WORKSPACE_NOT_FOUND',
+    `Workspace ${JSON.stringify(name)} does not exist.`,
+  )
+}
+
+export function createWorkspaces(components: WorkspacesComponents): Workspaces {
+  const { store, locks, templates, builds } = components
+  const log = components.log.child({ component: 'workspaces' })
+  const now = components.now ?? Date.now
+
+  async function latestBuild(ws: WorkspaceRecord): Promise<BuildRecord> {
+    const build = await store.builds.get(ws.latestBuildId)
+    if (build === undefined)
+      throw new Error(`workspace ${ws.id}: latest build ${ws.latestBuildId} is missing`)
+    return build
+  }
+
+  async function view(ws: WorkspaceRecord, owner: UserRecord): Promise<Workspace> {
+    const build = await latestBuild(ws)
+    const agent =
+      ws.agent === undefined
+        ? null
+        : {
+            ...ws.agent,
+            connected: now() - Date.parse(ws.agent.lastSeenAt) < AGENT_CONNECTED_WINDOW,
+          }
+    return {
+      id: ws.id,
+      name: ws.name,
+      owner: owner.username,
+      template: ws.template,
+      templateVersion: ws.templateVersion,
+      status: workspaceStatus(build),
+      latestBuild: stripOwner(build),
+      agent,
+      createdAt: ws.createdAt,
+    }
+  }
+
+  async function record(owner: UserRecord, name: string): Promise<WorkspaceRecord> {
+    assertName('workspace', name)
+    const id = await store.workspaceNames.get(`${owner.id}/${name}`)
+    const ws = id === undefined ? undefined : await store.workspaces.get(id)
+    if (ws === undefined || ws.ownerId !== owner.id) throw notFound(name)
+    return ws
+  }
+
+  function newBuild(ws: WorkspaceRecord, transition: Transition, version: number): BuildRecord {
+    return {
+      id: randomUUID(),
+      workspaceId: ws.id,
+      workspaceName: ws.name,
+      number: ws.buildCount + 1,
+      transition,
+      templateVersion: version,
+      status: 'queued',
+      createdAt: new Date(now()).toISOString(),
+      ownerId: ws.ownerId,
+    }
+  }
+
+  return {
+    async create(owner, request) {
+      assertName('workspace', request.name)
+      assertName('template', request.template)
+      const parameters = request.parameters ?? {}
+      checkParameters(parameters)
+
+      const nameKey = `${owner.id}/${request.name}`
+      const { ws, build } = await locks.run(`workspace-name:${nameKey}`, async () => {
+        if ((await store.workspaceNames.get(nameKey)) !== undefined) {
+          throw new MeshError(
+            'MESH_WORKSPACE_EXISTS',
+            `You already have a workspace named ${JSON.stringify(request.name)}.`,
+          )
+        }
+        const template = await templates.get(request.template)
+        if (template === undefined) {
+          throw new MeshError(
+            'MESH_TEMPLATE_NOT_FOUND',
+            `Template ${JSON.stringify(request.template)} does not exist.`,
+          )
+        }
+
+        const draft: WorkspaceRecord = {
+          id: randomUUID(),
+          name: request.name,
+          ownerId: owner.id,
+          template: template.name,
+          templateVersion: template.activeVersion,
+          parameters,
+          createdAt: new Date(now()).toISOString(),
+          latestBuildId: '',
+          buildCount: 0,
+        }
+        const build = newBuild(draft, 'start', template.activeVersion)
+        const ws = { ...draft, latestBuildId: build.id, buildCount: build.number }
+        await store
+          .batch()
+          .put(store.workspaces, ws.id, ws)
+          .put(store.workspaceNames, nameKey, ws.id)
+          .put(store.builds, build.id, build)
+          .write({ sync: true })
+        return { ws, build }
+      })
+
+      log.info({ workspace_id: ws.id, name: ws.name, template: ws.template }, 'workspace created')
+      builds.enqueue(build)
+      return { workspace: await view(ws, owner), build: stripOwner(build) }
+    },
+
+    async list(owner) {
+      const out: Workspace[] = []
+      for await (const id of store.workspaceNames.values({ prefix: `${owner.id}/` })) {
+        const ws = await store.workspaces.get(id)
+        if (ws !== undefined) out.push(await view(ws, owner))
+      }
+      return out
+    },
+
+    async get(owner, name) {
+      return view(await record(owner, name), owner)
+    },
+
+    record,
+
+    async status(ws) {
+      return workspaceStatus(await latestBuild(ws))
+    },
+
+    async createBuild(owner, name, transition) {
+      const found = await record(owner, name)
+      const build = await locks.run(workspaceLock(found.id), async () => {
+        const ws = await store.workspaces.get(found.id)
+        if (ws === undefined) throw notFound(name)
+        const latest = await latestBuild(ws)
+        if (isBuildActive(latest.status)) {
+          throw new MeshError(
+            'MESH_BUILD_IN_PROGRESS',
+            `Workspace ${JSON.stringify(name)} is busy with a ${latest.transition} build; wait for it to finish.`,
+            { detail: `build ${latest.id} is ${latest.status}` },
+          )
+        }
+
+        // A start picks up the template's active version (that is how a
+        // workspace is updated); stop and delete run the version it runs.
+        let version = ws.templateVersion
+        if (transition === 'start') {
+          version = (await templates.get(ws.template))?.activeVersion ?? version
+        }
+        const build = newBuild(ws, transition, version)
+        const next: WorkspaceRecord = {
+          ...ws,
+          latestBuildId: build.id,
+          buildCount: build.number,
+          templateVersion: version,
+        }
+        await store
+          .batch()
+          .put(store.builds, build.id, build)
+          .put(store.workspaces, ws.id, next)
+          .write({ sync: true })
+        return build
+      })
+
+      log.info({ workspace_id: build.workspaceId, build_id: build.id, transition }, 'build queued')
+      builds.enqueue(build)
+      return stripOwner(build)
+    },
+
+    async build(owner, id) {
+      const build = await store.builds.get(id)
+      if (build === undefined || build.ownerId !== owner.id) {
+        throw new MeshError('MESH_BUILD_NOT_FOUND', `Build ${JSON.stringify(id)} does not exist.`)
+      }
+      return stripOwner(build)
+    },
+  }
+}

@@ -1,0 +1,213 @@
+/**
+ * End-to-end helpers: a real `coder-mesh server` process on loopback with a
+ * temporary data dir, the real CLI through bin/coder-mesh, and the real
+ * OpenSSH client with the CLI as its ProxyCommand.
+ */
+import { execa, type ResultPromise } from 'execa'
+import { mkdtemp, readdir, readFile, readlink, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+export const ROOT = fileURLToPath(new URL('..', import.meta.url))
+export const BIN = join(ROOT, 'bin', 'coder-mesh')
+
+export const OWNER = {
+  username: 'admin',
+  email: 'admin@example.test',
+  password: 'correct-horse-42',
+}
+
+export interface CliResult {
+  exitCode: number
+  stdout: string
+  stderr: string
+}
+
+export interface TestServer {
+  url: string
+  dataDir: string
+  configDir: string
+  home: string
+  process: ResultPromise
+  /** Runs the CLI as the logged-in user of this server. */
+  cli(args: string[], options?: { input?: string; timeout?: number }): Promise<CliResult>
+  /** Runs OpenSSH against `coder-mesh.<name>` with the CLI as ProxyCommand. */
+  ssh(name: string, command: string, options?: { input?: string }): Promise<CliResult>
+  /** Kills the server (SIGKILL when `hard`) and starts it again on the same port and data. */
+  restart(hard?: boolean): Promise<void>
+  stop(): Promise<void>
+}
+
+/** A clean environment: no session or URL leaks in from the developer's shell. */
+export function cleanEnv(home: string, configDir: string): Record<string, string> {
+  const env: Record<string, string> = {
+    PATH: process.env.PATH ?? '/usr/bin:/bin',
+    HOME: home,
+    CODER_MESH_CONFIG_DIR: configDir,
+    CODER_MESH_LOG_LEVEL: process.env.CODER_MESH_LOG_LEVEL ?? 'warn',
+    LANG: 'C.UTF-8',
+  }
+  return env
+}
+
+async function spawnServer(
+  dataDir: string,
+  env: Record<string, string>,
+  address: string,
+): Promise<{ url: string; process: ResultPromise }> {
+  const child = execa(BIN, ['server', '--address', address, '--data-dir', dataDir], {
+    env,
+    extendEnv: false,
+    reject: false,
+    buffer: false,
+    stdin: 'ignore',
+  })
+
+  const url = await new Promise<string>((resolve, reject) => {
+    let seen = ''
+    const timer = setTimeout(() => reject(new Error(`server did not start: ${seen}`)), 30_000)
+    child.stdout?.on('data', (chunk: Buffer) => {
+      seen += chunk.toString()
+      const match = /listening on (http:\/\/\S+)/.exec(seen)
+      if (match?.[1] !== undefined) {
+        clearTimeout(timer)
+        resolve(match[1])
+      }
+    })
+    child.stderr?.on('data', (chunk: Buffer) => {
+      if (process.env.E2E_VERBOSE !== undefined) process.stderr.write(chunk)
+    })
+    void child.then((r) => {
+      clearTimeout(timer)
+      reject(new Error(`server exited ${r.exitCode}: ${seen}`))
+    })
+  })
+  return { url, process: child }
+}
+
+export async function startTestServer(): Promise<TestServer> {
+  const base = await mkdtemp(join(tmpdir(), 'coder-mesh-e2e-'))
+  const dataDir = join(base, 'data')
+  const configDir = join(base, 'config')
+  const home = join(base, 'home')
+  const env = cleanEnv(home, configDir)
+
+  let { url, process: child } = await spawnServer(dataDir, env, '127.0.0.1:0')
+
+  const cli = async (
+    args: string[],
+    options: { input?: string; timeout?: number } = {},
+  ): Promise<CliResult> => {
+    const r = await execa(BIN, args, {
+      env,
+      extendEnv: false,
+      reject: false,
+      input: options.input ?? '',
+      timeout: options.timeout ?? 180_000,
+    })
+    return { exitCode: r.exitCode ?? -1, stdout: String(r.stdout), stderr: String(r.stderr) }
+  }
+
+  const ssh = async (
+    name: string,
+    command: string,
+    options: { input?: string } = {},
+  ): Promise<CliResult> => {
+    const r = await execa(
+      'ssh',
+      [
+        '-F',
+        '/dev/null',
+        '-o',
+        `ProxyCommand='${BIN}' ssh --stdio %h`,
+        '-o',
+        'StrictHostKeyChecking=no',
+        '-o',
+        'UserKnownHostsFile=/dev/null',
+        '-o',
+        'LogLevel=ERROR',
+        '-o',
+        'BatchMode=yes',
+        `coder-mesh.${name}`,
+        command,
+      ],
+      { env, extendEnv: false, reject: false, input: options.input ?? '', timeout: 60_000 },
+    )
+    return { exitCode: r.exitCode ?? -1, stdout: String(r.stdout), stderr: String(r.stderr) }
+  }
+
+  const server: TestServer = {
+    url,
+    dataDir,
+    configDir,
+    home,
+    process: child,
+    cli,
+    ssh,
+    async restart(hard = false) {
+      child.kill(hard ? 'SIGKILL' : 'SIGTERM')
+      await child
+      const address = new URL(url).host
+      ;({ url, process: child } = await spawnServer(dataDir, env, address))
+      server.process = child
+    },
+    async stop() {
+      child.kill('SIGTERM')
+      await child
+    },
+  }
+  return server
+}
+
+export async function loginOwner(server: TestServer): Promise<void> {
+  const r = await server.cli([
+    'login',
+    server.url,
+    '--username',
+    OWNER.username,
+    '--password',
+    OWNER.password,
+    '--first-user-email',
+    OWNER.email,
+  ])
+  if (r.exitCode !== 0) throw new Error(`login failed: ${r.stderr}`)
+}
+
+/** Pids of live processes whose environment or cwd points into `dir`. */
+export async function processesUnder(dir: string): Promise<number[]> {
+  const found: number[] = []
+  for (const entry of await readdir('/proc')) {
+    if (!/^\d+$/.test(entry)) continue
+    const pid = Number(entry)
+    if (pid === process.pid) continue
+    try {
+      const cwd = await readlink(`/proc/${pid}/cwd`).catch(() => '')
+      const environ = await readFile(`/proc/${pid}/environ`, 'utf8').catch(() => '')
+      const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '')
+      if (stat.includes(') Z ')) continue
+      if (cwd.startsWith(dir) || environ.includes(`CODER_MESH_AGENT_DIR=${dir}`)) found.push(pid)
+    } catch {
+      // The process ended while we looked.
+    }
+  }
+  return found
+}
+
+/** Waits until `check` returns true, polling; throws after `timeout` ms. */
+export async function waitFor(
+  what: string,
+  check: () => Promise<boolean>,
+  timeout = 30_000,
+): Promise<void> {
+  const deadline = Date.now() + timeout
+  while (Date.now() < deadline) {
+    if (await check()) return
+    await new Promise((r) => setTimeout(r, 250))
+  }
+  throw new Error(`timed out waiting for ${what}`)
+}
+
+export async function removeTree(dir: string): Promise<void> {
+  await rm(dir, { recursive: true, force: true })
+}
