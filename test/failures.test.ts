@@ -50,7 +50,7 @@ describe('failures', () => {
     const output = r.stdout + r.stderr
     expect(output).toMatch(/step-start/)
     expect(output).toMatch(/step-boom/)
-    expect(output).toMatch(/exit status 3/)
+    expect(output).toMatch(/exit\s+status 3/)
 
     const show = await server.cli(['show', 'b1', '-o', 'json'])
     expect(JSON.parse(show.stdout)).toMatchObject({ status: 'failed' })

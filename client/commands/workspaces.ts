@@ -1,0 +1,239 @@
+/**
+ * Workspace lifecycle: `create`, `list`, `show`, `start`, `stop`, `restart`,
+ * `delete`. Builds stream their log to stdout as it happens.
+ */
+import type { Command } from 'commander'
+import type { ApiClient } from '../../sdk/api-client.ts'
+import type { Build, Transition, Workspace } from '../../sdk/api-types.ts'
+import { isMeshError, MeshError } from '../../sdk/errors.ts'
+import { assertName } from '../../sdk/names.ts'
+import { parseParameter, parseParameters } from '../args.ts'
+import { examples } from '../cli.ts'
+import {
+  outputOption,
+  timeAgo,
+  write,
+  writeJson,
+  writeListing,
+  type OutputFormat,
+} from '../output.ts'
+import { canPrompt, confirm } from '../prompt.ts'
+import { apiClient } from '../session.ts'
+
+/** How often to ask for a build's state when its log stream is cut, in ms. */
+const BUILD_POLL_MS = 1000
+
+interface YesFlag {
+  yes?: boolean
+}
+
+function collect(value: string, previous: string[]): string[] {
+  parseParameter(value)
+  return [...previous, value]
+}
+
+export function registerWorkspaceCommands(program: Command): void {
+  examples(
+    program
+      .command('create')
+      .description('create a workspace from a template and start it')
+      .argument('<name>', 'workspace name')
+      .requiredOption('-t, --template <template>', 'template to build from')
+      .option('--parameter <name=value>', 'template parameter (repeatable)', collect, [])
+      .option('-y, --yes', 'do not ask for confirmation')
+      .action(async (name: string, flags: YesFlag & { template: string; parameter: string[] }) => {
+        assertName('workspace', name)
+        const parameters = parseParameters(flags.parameter)
+        await confirmUnlessYes(flags, `Create workspace ${name} from template ${flags.template}?`)
+        const api = await apiClient()
+        const { build } = await api.createWorkspace({
+          name,
+          template: flags.template,
+          parameters: Object.keys(parameters).length > 0 ? parameters : undefined,
+        })
+        await followBuild(api, build)
+        await write(`Workspace ${name} is running\n`)
+      }),
+    'coder-mesh create dev --template local',
+    'coder-mesh create dev --template docker --parameter cpu=2 --parameter image=ubuntu:24.04 -y',
+  )
+
+  examples(
+    program
+      .command('list')
+      .alias('ls')
+      .description('list your workspaces')
+      .addOption(outputOption())
+      .action(async (flags: { output: OutputFormat }) => {
+        const api = await apiClient()
+        await writeListing(flags.output, await api.workspaces(), {
+          headers: ['NAME', 'TEMPLATE', 'STATUS', 'AGENT', 'LAST BUILD'],
+          row: (w) => [w.name, w.template, w.status, agentState(w), describeBuild(w.latestBuild)],
+          empty: "No workspaces yet: create one with 'coder-mesh create NAME --template T'.",
+        })
+      }),
+    'coder-mesh list',
+    'coder-mesh list -o json',
+  )
+
+  examples(
+    program
+      .command('show')
+      .description("show a workspace's details, its latest build and its agent")
+      .argument('<name>', 'workspace name')
+      .addOption(outputOption())
+      .action(async (name: string, flags: { output: OutputFormat }) => {
+        const api = await apiClient()
+        const workspace = await api.workspace(name)
+        if (flags.output === 'json') await writeJson(workspace)
+        else await write(describeWorkspace(workspace))
+      }),
+    'coder-mesh show dev',
+  )
+
+  const lifecycle: { name: string; transition: Transition; does: string; done: string }[] = [
+    { name: 'start', transition: 'start', does: 'start a stopped workspace', done: 'is running' },
+    {
+      name: 'stop',
+      transition: 'stop',
+      does: 'stop a workspace (keeps its data)',
+      done: 'is stopped',
+    },
+  ]
+  for (const step of lifecycle) {
+    examples(
+      program
+        .command(step.name)
+        .description(step.does)
+        .argument('<name>', 'workspace name')
+        .option('-y, --yes', 'do not ask for confirmation')
+        .action(async (name: string) => {
+          const api = await apiClient()
+          await runBuild(api, name, step.transition)
+          await write(`Workspace ${name} ${step.done}\n`)
+        }),
+      `coder-mesh ${step.name} dev`,
+    )
+  }
+
+  examples(
+    program
+      .command('restart')
+      .description('stop a workspace, then start it again')
+      .argument('<name>', 'workspace name')
+      .option('-y, --yes', 'do not ask for confirmation')
+      .action(async (name: string) => {
+        const api = await apiClient()
+        const workspace = await api.workspace(name)
+        if (workspace.status !== 'stopped') await runBuild(api, name, 'stop')
+        await runBuild(api, name, 'start')
+        await write(`Workspace ${name} is running\n`)
+      }),
+    'coder-mesh restart dev',
+  )
+
+  examples(
+    program
+      .command('delete')
+      .alias('rm')
+      .description('destroy a workspace and its resources')
+      .argument('<name>', 'workspace name')
+      .option('-y, --yes', 'do not ask for confirmation (required without a terminal)')
+      .action(async (name: string, flags: YesFlag) => {
+        if (flags.yes !== true && !canPrompt()) {
+          throw new MeshError(
+            'MESH_BAD_ARGUMENT',
+            `Deleting workspace ${name} destroys its resources: pass -y to confirm.`,
+          )
+        }
+        const api = await apiClient()
+        // Fail on an unknown workspace before asking anything.
+        await api.workspace(name)
+        await confirmUnlessYes(flags, `Delete workspace ${name} and destroy its resources?`)
+        await runBuild(api, name, 'delete')
+        await write(`Workspace ${name} deleted\n`)
+      }),
+    'coder-mesh delete dev -y',
+  )
+}
+
+/** Asks on a terminal unless -y was given; without a terminal, goes ahead. */
+async function confirmUnlessYes(flags: YesFlag, question: string): Promise<void> {
+  if (flags.yes === true || !canPrompt()) return
+  if (!(await confirm(question))) throw new MeshError('MESH_BAD_ARGUMENT', 'Canceled.')
+}
+
+async function runBuild(api: ApiClient, name: string, transition: Transition): Promise<Build> {
+  return followBuild(api, await api.createBuild(name, transition))
+}
+
+/**
+ * Streams the build's log to stdout until it ends, and returns the final
+ * build; a failed build throws MESH_BUILD_FAILED with the build's error. If
+ * the log stream is cut (a coordinator restart), falls back to polling.
+ */
+export async function followBuild(api: ApiClient, build: Build): Promise<Build> {
+  let final: Build | undefined
+  try {
+    for await (const event of api.followBuildLogs(build.id)) {
+      if (event.type === 'log') await write(event.text.replace(/\n$/, '') + '\n')
+      else if (event.type === 'build') final = event.build
+    }
+  } catch (err) {
+    if (isMeshError(err)) throw err
+  }
+
+  while (final === undefined || final.status === 'queued' || final.status === 'running') {
+    if (final !== undefined) await new Promise((r) => setTimeout(r, BUILD_POLL_MS))
+    final = await api.build(build.id)
+  }
+
+  if (final.status === 'failed') {
+    throw new MeshError('MESH_BUILD_FAILED', `Build failed: ${final.error ?? 'unknown error'}`)
+  }
+  return final
+}
+
+function agentState(workspace: Workspace): string {
+  if (workspace.agent === null) return '—'
+  return workspace.agent.connected ? 'connected' : 'disconnected'
+}
+
+/** e.g. "#3 start succeeded, 5m ago". */
+export function describeBuild(build: Build | undefined): string {
+  if (build === undefined) return '—'
+  return `#${build.number} ${build.transition} ${build.status}, ${timeAgo(build.createdAt)}`
+}
+
+export function describeWorkspace(w: Workspace): string {
+  const rows: [string, string][] = [
+    ['Name', w.name],
+    ['Owner', w.owner],
+    ['Template', `${w.template} (version ${w.templateVersion})`],
+    ['Status', w.status],
+    ['Created', `${w.createdAt} (${timeAgo(w.createdAt)})`],
+    ['Last build', describeBuild(w.latestBuild)],
+  ]
+  if (w.latestBuild?.error !== undefined) rows.push(['Build error', w.latestBuild.error])
+  if (w.agent === null) {
+    rows.push(['Agent', 'none registered'])
+  } else {
+    const state = w.agent.connected ? 'connected' : 'disconnected'
+    rows.push([
+      'Agent',
+      `${state}, version ${w.agent.version}, seen ${timeAgo(w.agent.lastSeenAt)}`,
+    ])
+    rows.push(['Agent peer ID', w.agent.peerId])
+    rows.push(['Agent addresses', w.agent.addrs.length > 0 ? w.agent.addrs.join('\n') : '—'])
+  }
+  const width = Math.max(...rows.map(([label]) => label.length)) + 2
+  return rows
+    .map(([label, value]) =>
+      value
+        .split('\n')
+        .map((line, i) => (i === 0 ? `${label}:`.padEnd(width) : ' '.repeat(width)) + line)
+        .join('\n'),
+    )
+    .join('\n')
+    .concat('\n')
+}

@@ -1,0 +1,519 @@
+/**
+ * `coder-mesh ssh`: SSH to a workspace agent over the mesh. Loaded only when
+ * the command runs (it pulls in libp2p and ssh2).
+ *
+ * 1. A throwaway libp2p identity for this session; the coordinator issues a
+ *    ticket bound to it (`POST /workspaces/NAME/connect`).
+ * 2. Dial the agent on every path at once, open an SSH stream, present the
+ *    ticket.
+ * 3. `--stdio`: carry the raw SSH bytes on stdin/stdout for OpenSSH's
+ *    ProxyCommand. Otherwise: run an ssh2 client over the stream.
+ *
+ * Exit status: the remote command's; 128+N when it died of signal N; 255
+ * when the session was lost (workspace stopped, agent unreachable, `~.`),
+ * as OpenSSH does; 141 when our stdout was closed early (like SIGPIPE).
+ *
+ * A session is supervised (field case B06): the workspace is polled every
+ * WATCH_INTERVAL_MS and the session ends when it stops or is deleted; SSH
+ * keepalives end it when the agent stops answering (KEEPALIVE_INTERVAL_MS ×
+ * (KEEPALIVE_COUNT_MAX + 1), 40 s); the libp2p connection closing ends it
+ * at once.
+ */
+import type { Connection } from '@libp2p/interface'
+import { peerIdFromPrivateKey } from '@libp2p/peer-id'
+import { constants as osConstants, userInfo } from 'node:os'
+import type { Duplex, Readable, Transform, Writable } from 'node:stream'
+import type { Client, ClientChannel, PseudoTtyOptions } from 'ssh2'
+import { SSH_PROTOCOL } from '../netstack/constants.ts'
+import { dialAgent, openMeshStream } from '../netstack/dial.ts'
+import { newPeerKey } from '../netstack/keys.ts'
+import { createMeshNode, type MeshNode } from '../netstack/node.ts'
+import type { ApiClient } from '../sdk/api-client.ts'
+import type { ConnectResponse, Workspace, WorkspaceStatus } from '../sdk/api-types.ts'
+import { isMeshError, MeshError, type ErrorCode } from '../sdk/errors.ts'
+import { exitStatusCode, signalExitCode } from './args.ts'
+import { ESCAPE_HELP, escapeFilter, type EscapeAction } from './escape.ts'
+
+/** How long to wait for a starting workspace's agent, in ms. */
+export const AGENT_WAIT_MS = 60_000
+const AGENT_RETRY_MS = 1000
+/** How often a session checks that its workspace is still running, in ms. */
+export const WATCH_INTERVAL_MS = 10_000
+export const KEEPALIVE_INTERVAL_MS = 10_000
+export const KEEPALIVE_COUNT_MAX = 3
+const NODE_STOP_MS = 2000
+
+/** Exit status when the session is lost rather than ended by the remote side. */
+export const SESSION_LOST = 255
+/** Exit status when our stdout was closed before the session ended. */
+export const STDOUT_CLOSED = 128 + (osConstants.signals.SIGPIPE ?? 13)
+
+export interface SshOptions {
+  workspace: string
+  /** The remote command; a shell when undefined. */
+  command?: string
+  /** Carry raw SSH on stdin/stdout (ProxyCommand). */
+  stdio: boolean
+  /** Ask for a PTY for a command too (`-t`). */
+  tty: boolean
+}
+
+const RETRYABLE: ReadonlySet<ErrorCode> = new Set([
+  'MESH_AGENT_NOT_CONNECTED',
+  'MESH_WORKSPACE_NOT_RUNNING',
+])
+
+const ENDED_STATES: ReadonlySet<WorkspaceStatus> = new Set([
+  'stopping',
+  'stopped',
+  'deleting',
+  'deleted',
+])
+
+export async function runSsh(api: ApiClient, options: SshOptions): Promise<number> {
+  // The ticket request and the node's start-up go on side by side.
+  const privateKey = await newPeerKey()
+  const starting = createMeshNode({ privateKey, listen: [] })
+  starting.catch(() => undefined)
+  let node: MeshNode | undefined
+  try {
+    const peerId = peerIdFromPrivateKey(privateKey).toString()
+    const target = await connectWithRetry(api, options.workspace, peerId)
+    node = await starting
+    const connection = await dialAgent(node, {
+      peerId: target.agent.peerId,
+      addrs: target.agent.addrs,
+      relays: target.relays,
+    })
+    const duplex = await openMeshStream(connection, SSH_PROTOCOL, target.ticket).catch(
+      (err: unknown) => {
+        throw connectFailed('Could not open an SSH stream to the workspace agent.', err)
+      },
+    )
+    const watch = supervise(api, options.workspace, node, connection, duplex)
+    try {
+      return options.stdio
+        ? await proxyStdio(duplex, watch)
+        : await runClient(duplex, options, watch)
+    } finally {
+      watch.stop()
+    }
+  } finally {
+    node ??= await starting.catch(() => undefined)
+    if (node !== undefined) await stopNode(node)
+  }
+}
+
+/**
+ * Asks the coordinator for a ticket. While the workspace is still starting
+ * (or running but its agent has not registered yet), waits and asks again,
+ * for up to AGENT_WAIT_MS.
+ */
+async function connectWithRetry(
+  api: ApiClient,
+  name: string,
+  peerId: string,
+): Promise<ConnectResponse> {
+  const deadline = Date.now() + AGENT_WAIT_MS
+  let told = false
+  for (;;) {
+    try {
+      return await api.connect(name, peerId)
+    } catch (err) {
+      if (!isMeshError(err) || !RETRYABLE.has(err.code) || Date.now() >= deadline) throw err
+      const workspace = await api.workspace(name)
+      if (!mayComeUp(workspace, err.code)) throw err
+      if (!told) {
+        process.stderr.write('Waiting for the agent...\n')
+        told = true
+      }
+      await delay(AGENT_RETRY_MS)
+    }
+  }
+}
+
+function mayComeUp(workspace: Workspace, code: ErrorCode): boolean {
+  if (workspace.status === 'pending' || workspace.status === 'starting') return true
+  return workspace.status === 'running' && code === 'MESH_AGENT_NOT_CONNECTED'
+}
+
+// ---------------------------------------------------------------------------
+// Supervision
+
+interface Watch {
+  /** Why the session was lost, once it was. */
+  reason(): string | undefined
+  /** Ends the session for `reason` (the first reason given wins). */
+  lose(reason: string): void
+  /** The reason to report for a session that ended without an exit status. */
+  explain(fallback: string): Promise<string>
+  stop(): void
+}
+
+function supervise(
+  api: ApiClient,
+  name: string,
+  node: MeshNode,
+  connection: Connection,
+  duplex: Duplex,
+): Watch {
+  let lostReason: string | undefined
+  let stopped = false
+
+  const lose = (reason: string): void => {
+    if (lostReason !== undefined || stopped) return
+    lostReason = reason
+    duplex.destroy()
+  }
+
+  const check = async (): Promise<string | undefined> => {
+    try {
+      const workspace = await api.workspace(name, { signal: AbortSignal.timeout(5000) })
+      return ENDED_STATES.has(workspace.status) ? workspaceEnded(name, workspace.status) : undefined
+    } catch (err) {
+      if (isMeshError(err) && err.code === 'MESH_WORKSPACE_NOT_FOUND') {
+        return workspaceEnded(name, 'deleted')
+      }
+      // The coordinator being away does not end a session that already
+      // holds its connection: the agent checked our ticket offline.
+      return undefined
+    }
+  }
+
+  const timer = setInterval(() => {
+    void check().then((reason) => reason !== undefined && lose(reason))
+  }, WATCH_INTERVAL_MS)
+  timer.unref()
+
+  const onClose = (evt: CustomEvent<Connection>): void => {
+    if (evt.detail.id !== connection.id) return
+    void check().then((reason) => lose(reason ?? 'agent unreachable: the connection was lost'))
+  }
+  node.addEventListener('connection:close', onClose)
+
+  return {
+    reason: () => lostReason,
+    lose,
+    async explain(fallback) {
+      if (lostReason !== undefined) return lostReason
+      return (await check()) ?? fallback
+    },
+    stop() {
+      stopped = true
+      clearInterval(timer)
+      node.removeEventListener('connection:close', onClose)
+    },
+  }
+}
+
+function workspaceEnded(name: string, status: WorkspaceStatus): string {
+  switch (status) {
+    case 'stopping':
+      return `workspace ${name} is stopping`
+    case 'deleting':
+      return `workspace ${name} is being deleted`
+    case 'deleted':
+      return `workspace ${name} was deleted`
+    default:
+      return `workspace ${name} stopped`
+  }
+}
+
+function reportLoss(reason: string, freshLine: boolean): void {
+  process.stderr.write(`${freshLine ? '\r\n' : ''}error: Session ended: ${reason}.\n`)
+}
+
+// ---------------------------------------------------------------------------
+// --stdio: OpenSSH ProxyCommand
+
+/**
+ * Raw bytes both ways, half-close kept: stdin's EOF ends our writable side
+ * only, and the session ends when the agent ends its side. Nothing but the
+ * agent's bytes is written to stdout.
+ */
+async function proxyStdio(duplex: Duplex, watch: Watch): Promise<number> {
+  const stdin = process.stdin
+  const stdout = process.stdout
+  let stdoutClosed = false
+  const onStdoutError = (): void => {
+    stdoutClosed = true
+    duplex.destroy()
+  }
+  stdout.on('error', onStdoutError)
+  // Errors end the session below; the listener keeps late ones from being thrown.
+  duplex.on('error', () => undefined)
+
+  stdin.pipe(duplex)
+  duplex.pipe(stdout, { end: false })
+
+  const ended = await new Promise<boolean>((resolve) => {
+    duplex.once('end', () => resolve(true))
+    duplex.once('error', () => resolve(false))
+    duplex.once('close', () => resolve(duplex.readableEnded))
+  })
+  stdin.unpipe(duplex)
+  stdin.pause()
+  duplex.unpipe(stdout)
+
+  if (stdoutClosed) return STDOUT_CLOSED
+  await flush(stdout)
+  stdout.off('error', onStdoutError)
+  if (ended && watch.reason() === undefined) return 0
+  reportLoss(await watch.explain('agent unreachable: the connection was lost'), false)
+  return SESSION_LOST
+}
+
+// ---------------------------------------------------------------------------
+// ssh2 client
+
+async function runClient(duplex: Duplex, options: SshOptions, watch: Watch): Promise<number> {
+  const ssh2 = await import('ssh2')
+  const client = new ssh2.Client()
+  let clientError: Error | undefined
+  client.on('error', (err: Error) => {
+    clientError ??= err
+  })
+
+  await new Promise<void>((resolve, reject) => {
+    const onError = (err: Error): void =>
+      reject(connectFailed('The SSH handshake with the workspace agent failed.', err))
+    client.once('error', onError)
+    client.once('ready', () => {
+      client.off('error', onError)
+      resolve()
+    })
+    client.connect({
+      sock: duplex,
+      username: localUsername(),
+      // No host key check and no user authentication here: the peer was
+      // already authenticated by libp2p Noise as the agent the coordinator
+      // named, and the agent let us in on the coordinator's ticket, which is
+      // bound to our own Noise identity. SSH only frames the session.
+      hostVerifier: () => true,
+      keepaliveInterval: KEEPALIVE_INTERVAL_MS,
+      keepaliveCountMax: KEEPALIVE_COUNT_MAX,
+      readyTimeout: 30_000,
+    })
+  })
+
+  const stdin = process.stdin
+  const interactive = options.command === undefined
+  const pty = options.tty || (interactive && stdin.isTTY === true)
+  const raw = pty && stdin.isTTY === true
+  const size = terminalSize()
+  const window: PseudoTtyOptions = {
+    term: process.env.TERM ?? 'xterm-256color',
+    cols: size.cols,
+    rows: size.rows,
+    width: 0,
+    height: 0,
+  }
+  const env = localeEnvironment()
+
+  // The exit status may arrive in the same read as the channel's opening
+  // (a fast command), so its listener goes on inside the callback, before
+  // any await lets ssh2 parse the next packet.
+  let status: number | undefined
+  const channel = await new Promise<ClientChannel>((resolve, reject) => {
+    const done = (err: Error | undefined, ch: ClientChannel): void => {
+      if (err !== undefined) {
+        reject(err)
+        return
+      }
+      ch.on('exit', (code: number | null, signal?: string) => {
+        if (typeof code === 'number') status = exitStatusCode(code)
+        else if (typeof signal === 'string') status = signalExitCode(signal)
+      })
+      ch.on('error', () => undefined)
+      resolve(ch)
+    }
+    if (options.command !== undefined) {
+      client.exec(options.command, pty ? { pty: window, env } : { env }, done)
+    } else {
+      client.shell(pty ? window : false, { env }, done)
+    }
+  })
+
+  // Remote output, with backpressure: a slow local reader pauses the channel.
+  const stdout = process.stdout
+  let stdoutClosed = false
+  const onStdoutError = (): void => {
+    stdoutClosed = true
+    client.end()
+  }
+  stdout.on('error', onStdoutError)
+  channel.pipe(stdout, { end: false })
+  channel.stderr.pipe(process.stderr, { end: false })
+
+  // Local input. Its EOF ends the remote command's stdin (CHANNEL_EOF), so
+  // `printf ... | coder-mesh ssh dev -- wc -l` finishes (field case B01).
+  let escapeAction: EscapeAction | undefined
+  let input: Readable = stdin
+  let filter: Transform | undefined
+  let restoreTty = (): void => undefined
+  if (raw) {
+    restoreTty = enterRawMode()
+    filter = escapeFilter()
+    filter.on('escape', (action: EscapeAction) => {
+      if (action === 'help') {
+        process.stderr.write(ESCAPE_HELP)
+        return
+      }
+      escapeAction = action
+      watch.lose(`connection to ${options.workspace} closed by the escape sequence`)
+      client.end()
+    })
+    stdin.pipe(filter)
+    input = filter
+  }
+  input.pipe(channel as Writable)
+
+  const onResize = (): void => {
+    const next = terminalSize()
+    channel.setWindow(next.rows, next.cols, 0, 0)
+  }
+  const sizeSource = ttyOutput()
+  if (pty) sizeSource?.on('resize', onResize)
+
+  const onSignal = (signal: NodeJS.Signals): void => {
+    restoreTty()
+    process.exit(128 + (osConstants.signals[signal] ?? 1))
+  }
+  if (raw) {
+    process.once('SIGTERM', onSignal)
+    process.once('SIGHUP', onSignal)
+  }
+
+  try {
+    await sessionEnd(client, channel)
+  } finally {
+    input.unpipe(channel as Writable)
+    if (filter !== undefined) stdin.unpipe(filter)
+    stdin.pause()
+    restoreTty()
+    sizeSource?.off('resize', onResize)
+    process.off('SIGTERM', onSignal)
+    process.off('SIGHUP', onSignal)
+    channel.unpipe(stdout)
+    channel.stderr.unpipe(process.stderr)
+  }
+  client.end()
+
+  if (stdoutClosed) return STDOUT_CLOSED
+  await flush(stdout)
+  await flush(process.stderr)
+  stdout.off('error', onStdoutError)
+
+  if (status !== undefined && escapeAction === undefined) return status
+  if (escapeAction === 'disconnect') {
+    process.stderr.write(`\r\nConnection to ${options.workspace} closed.\n`)
+    return SESSION_LOST
+  }
+  const fallback =
+    clientError?.message === 'Keepalive timeout'
+      ? `agent unreachable: no answer to keepalives for ${
+          (KEEPALIVE_INTERVAL_MS * (KEEPALIVE_COUNT_MAX + 1)) / 1000
+        } s`
+      : 'agent unreachable: the connection was lost'
+  reportLoss(await watch.explain(fallback), raw)
+  return SESSION_LOST
+}
+
+/**
+ * Resolves when the channel has closed and all its stdout and stderr bytes
+ * have been handed on, or when the whole SSH connection is gone.
+ */
+async function sessionEnd(client: Client, channel: ClientChannel): Promise<void> {
+  const closed = new Promise<void>((resolve) => channel.once('close', () => resolve()))
+  const stderrEnded = new Promise<void>((resolve) => {
+    if (channel.stderr.readableEnded) resolve()
+    channel.stderr.once('end', () => resolve())
+    channel.stderr.once('close', () => resolve())
+  })
+  const connectionGone = new Promise<void>((resolve) => client.once('close', () => resolve()))
+  await Promise.race([
+    Promise.all([closed, stderrEnded]),
+    // The channel normally closes with the connection; give its buffered
+    // bytes a moment to drain before giving up on it.
+    connectionGone.then(() => delay(1000)),
+  ])
+}
+
+/** Puts the terminal in raw mode; returns the function that restores it (idempotent). */
+function enterRawMode(): () => void {
+  const stdin = process.stdin
+  stdin.setRawMode(true)
+  let restored = false
+  const restore = (): void => {
+    if (restored) return
+    restored = true
+    process.off('exit', restore)
+    if (stdin.isTTY === true) stdin.setRawMode(false)
+  }
+  process.on('exit', restore)
+  return restore
+}
+
+function ttyOutput(): NodeJS.WriteStream | undefined {
+  if (process.stdout.isTTY === true) return process.stdout
+  if (process.stderr.isTTY === true) return process.stderr
+  return undefined
+}
+
+function terminalSize(): { cols: number; rows: number } {
+  const tty = ttyOutput()
+  return { cols: tty?.columns ?? 80, rows: tty?.rows ?? 24 }
+}
+
+/** The locale variables OpenSSH sends by default (SendEnv LANG LC_*). */
+function localeEnvironment(): Record<string, string> {
+  const env: Record<string, string> = {}
+  for (const [key, value] of Object.entries(process.env)) {
+    if (value !== undefined && (key === 'LANG' || key.startsWith('LC_'))) env[key] = value
+  }
+  return env
+}
+
+function localUsername(): string {
+  try {
+    return userInfo().username
+  } catch {
+    return 'coder-mesh'
+  }
+}
+
+/** Waits until everything written to `stream` has been handed to the OS. */
+function flush(stream: NodeJS.WriteStream): Promise<void> {
+  if (stream.destroyed || stream.writableEnded) return Promise.resolve()
+  return new Promise((resolve) => {
+    const done = (): void => resolve()
+    stream.once('error', done)
+    stream.write('', () => {
+      stream.off('error', done)
+      resolve()
+    })
+  })
+}
+
+async function stopNode(node: MeshNode): Promise<void> {
+  let timer: NodeJS.Timeout | undefined
+  await Promise.race([
+    Promise.resolve()
+      .then(() => node.stop())
+      .catch(() => undefined),
+    new Promise((resolve) => {
+      timer = setTimeout(resolve, NODE_STOP_MS)
+    }),
+  ])
+  clearTimeout(timer)
+}
+
+function connectFailed(message: string, cause: unknown): MeshError {
+  if (isMeshError(cause)) return cause
+  const detail = cause instanceof Error ? cause.message : String(cause)
+  return new MeshError('MESH_CONNECT_FAILED', message, { detail, cause })
+}
+
+function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms))
+}
