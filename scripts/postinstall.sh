@@ -23,8 +23,10 @@ if check; then
   exit 0
 fi
 if [ -n "$gyp" ] && [ -d "$headers/include/node" ]; then
-  (cd "$crypto" && "$node" "$gyp" rebuild --nodedir="$headers" --real_openssl_major=3 \
-    >/dev/null 2>&1) || true
+  # npm hands node-gyp its own nodedir setting (here the system Node's
+  # headers) through the environment; drop it so --nodedir below wins.
+  (cd "$crypto" && env -u npm_config_nodedir -u npm_config_target \
+    "$node" "$gyp" rebuild --nodedir="$headers" --real_openssl_major=3 >/dev/null 2>&1) || true
 fi
 if check; then
   echo "coder-mesh: rebuilt ssh2 native crypto binding for $("$node" --version)"

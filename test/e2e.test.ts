@@ -113,6 +113,10 @@ describe('workspace lifecycle over the mesh', () => {
 
     const session = JSON.parse(await readFile(join(server.configDir, 'session.json'), 'utf8'))
     const api = new ApiClient({ url: server.url, token: session.sessionToken })
+    await waitFor('both agents to connect', async () => {
+      const all = await api.workspaces()
+      return all.length === 2 && all.every((w) => w.agent?.connected === true)
+    })
     const node = await createMeshNode({ privateKey: await newPeerKey(), listen: [] })
     try {
       const peerId = node.peerId.toString()
