@@ -8,7 +8,13 @@ export const SPEEDTEST_PROTOCOL = '/coder-mesh/speedtest/1.0.0'
 export const COORD_PROTOCOL = '/coder-mesh/coord/1.0.0'
 
 /** Every protocol an agent serves behind a ticket check. */
-export const AGENT_PROTOCOLS = [SSH_PROTOCOL, TCP_PROTOCOL, PTY_PROTOCOL, PING_PROTOCOL] as const
+export const AGENT_PROTOCOLS = [
+  SSH_PROTOCOL,
+  TCP_PROTOCOL,
+  PTY_PROTOCOL,
+  PING_PROTOCOL,
+  SPEEDTEST_PROTOCOL,
+] as const
 
 /**
  * Yamux grows a stream's window to this many bytes. A stream's read buffer

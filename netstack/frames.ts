@@ -8,7 +8,6 @@
  * After it, each protocol's own bytes follow (raw SSH for ssh, a u16 BE
  * port then raw bytes for tcp).
  */
-import { once } from 'node:events'
 import type { Duplex, Readable } from 'node:stream'
 import { MeshError } from '../sdk/errors.ts'
 import { MAX_TICKET_BYTES } from './constants.ts'
@@ -26,17 +25,45 @@ export function writeTicketFrame(duplex: Duplex, ticket: string): void {
   duplex.write(encodeTicketFrame(ticket))
 }
 
-/** Reads exactly `n` bytes, leaving anything after them unread. */
-export async function readExactly(readable: Readable, n: number): Promise<Buffer> {
-  for (;;) {
-    const chunk = readable.read(n) as Buffer | null
-    if (chunk !== null) {
-      if (chunk.length < n) throw truncated()
-      return chunk
+/**
+ * Reads exactly `n` bytes, leaving anything after them unread. Every
+ * listener it adds is gone once it settles: a stream read frame by frame
+ * (or a ticket arriving in many small chunks) must not collect them.
+ */
+export function readExactly(readable: Readable, n: number): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const cleanup = (): void => {
+      readable.off('readable', attempt)
+      readable.off('end', onEnd)
+      readable.off('close', onEnd)
+      readable.off('error', onError)
     }
-    if (readable.readableEnded || readable.destroyed) throw truncated()
-    await Promise.race([once(readable, 'readable'), once(readable, 'end'), once(readable, 'close')])
-  }
+    const onEnd = (): void => {
+      cleanup()
+      reject(truncated())
+    }
+    const onError = (err: Error): void => {
+      cleanup()
+      reject(err)
+    }
+    function attempt(): void {
+      const chunk = readable.read(n) as Buffer | null
+      if (chunk !== null) {
+        cleanup()
+        // read(n) hands back fewer than n bytes only at the end of the stream.
+        if (chunk.length < n) reject(truncated())
+        else resolve(chunk)
+        return
+      }
+      if (readable.readableEnded || readable.destroyed) onEnd()
+    }
+
+    readable.on('readable', attempt)
+    readable.on('end', onEnd)
+    readable.on('close', onEnd)
+    readable.on('error', onError)
+    attempt()
+  })
 }
 
 export async function readTicketFrame(readable: Readable): Promise<string> {

@@ -49,6 +49,10 @@ export async function serveMeshProtocol(
       const remote = connection.remotePeer.toString()
       const streamLog = log.child({ protocol, peer_id: remote })
       const duplex = toDuplex(stream)
+      // A peer that resets its stream must not crash the agent with an
+      // unhandled 'error': handlers see failures through their own reads
+      // and writes, or listen for them.
+      duplex.on('error', (err: Error) => streamLog.debug({ err: err.message }, 'stream error'))
 
       let claims: TicketClaims
       try {

@@ -55,10 +55,36 @@ class StreamDuplex extends Duplex {
         callback()
         return
       }
-      this.stream.onDrain().then(() => callback(), callback)
     } catch (err) {
       callback(err as Error)
+      return
     }
+    this.waitForDrain(callback)
+  }
+
+  /**
+   * Calls back on the stream's next 'drain' (or with an error when it closes
+   * first). Not `stream.onDrain()`: @libp2p/utils 7 never resets the promise
+   * it hands out, so after the first drain every later call resolves at once
+   * and writes stop waiting for the window: a fast writer then queues
+   * without bound in the stream's write buffer (PROBES trap 4, field case B26).
+   */
+  private waitForDrain(callback: (err?: Error) => void): void {
+    const stream = this.stream
+    const cleanup = (): void => {
+      stream.removeEventListener('drain', onDrain)
+      stream.removeEventListener('close', onClose)
+    }
+    const onDrain = (): void => {
+      cleanup()
+      callback()
+    }
+    const onClose = (evt: Event): void => {
+      cleanup()
+      callback((evt as Event & { error?: Error }).error ?? new Error('the stream closed'))
+    }
+    stream.addEventListener('drain', onDrain)
+    stream.addEventListener('close', onClose)
   }
 
   override _final(callback: (err?: Error) => void): void {
