@@ -4,21 +4,29 @@
  * known to the relay. A client asks /connect for a ticket to a running
  * workspace's agent; the ticket is bound to the client's peer id and the
  * relay remembers the grant.
+ *
+ * Every issued ticket is recorded until it expires, so that suspending or
+ * deleting its user can revoke it: the relay forgets the grant and hangs
+ * up on the client, and the workspace's agent learns the client's peer id
+ * in its next heartbeat answer (`revokedPeers`), refuses its streams and
+ * closes its connections.
  */
 import { peerIdFromString } from '@libp2p/peer-id'
-import type { KeyObject } from 'node:crypto'
+import { randomUUID, type KeyObject } from 'node:crypto'
 import type {
   AgentRegisterRequest,
   AgentRegisterResponse,
   ConnectResponse,
+  RevokedPeer,
 } from '../sdk/api-types.ts'
 import { MeshError } from '../sdk/errors.ts'
 import type { Logger } from '../sdk/logger.ts'
 import { exportTicketPublicKey, signTicket, type TicketKeyPair } from '../netstack/ticket.ts'
 import { workspaceLock } from './builds.ts'
-import { HEARTBEAT_SECONDS, TICKET_TTL } from './constants.ts'
+import { SECOND } from '../sdk/config.ts'
+import { AGENT_CONNECTED_WINDOW, HEARTBEAT_SECONDS, TICKET_TTL } from './constants.ts'
 import type { KeyedLock } from './lock.ts'
-import type { UserRecord } from './records.ts'
+import type { RevocationRecord, UserRecord } from './records.ts'
 import type { RelayPolicy } from './relay.ts'
 import { AGENT_TOKEN_PREFIX, hashToken } from './secrets.ts'
 import type { Store } from './store.ts'
@@ -32,15 +40,33 @@ export interface AgentsComponents {
   ticketKey: TicketKeyPair
   /** The relay node's addresses, each ending in /p2p/<relay>. */
   relayAddrs: () => string[]
+  /** Closes the relay's connections to a peer; best effort. */
+  hangUp?: (peerId: string) => Promise<void>
   log: Logger
+  /** How often agents register again, in seconds; default 15. */
+  heartbeatSeconds?: number
   now?: () => number
 }
 
 export interface Agents {
   /** Records the agent of the workspace `agentToken` belongs to; MESH_UNAUTHENTICATED otherwise. */
   register(agentToken: string, request: AgentRegisterRequest): Promise<AgentRegisterResponse>
-  /** Issues a ticket from `clientPeerId` to the agent of the owner's running workspace. */
-  connect(owner: UserRecord, name: string, clientPeerId: string): Promise<ConnectResponse>
+  /**
+   * Issues `actor` a ticket from `clientPeerId` to the agent of `owner`'s
+   * running workspace `name` (the route has checked that actor may).
+   */
+  connect(
+    actor: UserRecord,
+    owner: UserRecord,
+    name: string,
+    clientPeerId: string,
+  ): Promise<ConnectResponse>
+  /** Revokes every unexpired ticket issued to the user. */
+  revokeUser(userId: string): Promise<void>
+  /** Agents that registered within the last heartbeat window. */
+  connectedCount(): number
+  /** Deletes records of expired tickets and revocations. */
+  sweep(): Promise<void>
 }
 
 function badAgentToken(detail: string): MeshError {
@@ -63,12 +89,44 @@ export function assertPeerId(value: string): void {
   }
 }
 
+/** A duration for a sentence: "40 seconds ago", "3 minutes ago", "2 hours ago", "5 days ago". */
+function ago(ms: number): string {
+  const units: [string, number][] = [
+    ['day', 86_400_000],
+    ['hour', 3_600_000],
+    ['minute', 60_000],
+  ]
+  for (const [unit, size] of units) {
+    const n = Math.floor(ms / size)
+    if (n >= 1) return `${n} ${unit}${n === 1 ? '' : 's'} ago`
+  }
+  const seconds = Math.max(0, Math.floor(ms / SECOND))
+  return `${seconds} second${seconds === 1 ? '' : 's'} ago`
+}
+
 export function createAgents(components: AgentsComponents): Agents {
   const { store, locks, workspaces, relay } = components
   const log = components.log.child({ component: 'agents' })
   const now = components.now ?? Date.now
+  const heartbeatSeconds = components.heartbeatSeconds ?? HEARTBEAT_SECONDS
+  /** workspace id → when its agent last registered, ms. */
+  const lastSeen = new Map<string, number>()
   const ticketPublicKey = exportTicketPublicKey(components.ticketKey.publicKey)
   const privateKey: KeyObject = components.ticketKey.privateKey
+
+  async function revokedPeers(workspaceId: string): Promise<RevokedPeer[]> {
+    const out: RevokedPeer[] = []
+    for await (const [key, r] of store.revocations.entries({
+      prefix: `${workspaceId}/`,
+    })) {
+      if (r.expiresAt <= now()) continue
+      out.push({
+        peerId: key.slice(workspaceId.length + 1),
+        expiresAt: new Date(r.expiresAt).toISOString(),
+      })
+    }
+    return out
+  }
 
   return {
     async register(agentToken, request) {
@@ -93,6 +151,7 @@ export function createAgents(components: AgentsComponents): Agents {
         // A first registration must survive a crash; heartbeats need not.
         await store.workspaces.put(ws.id, { ...ws, agent }, { sync: changed })
         relay.registerAgent(ws.id, request.peerId)
+        lastSeen.set(ws.id, now())
         return { ws, changed }
       })
 
@@ -107,11 +166,12 @@ export function createAgents(components: AgentsComponents): Agents {
         owner: owner?.username ?? '',
         ticketPublicKey,
         relays: components.relayAddrs(),
-        heartbeatSeconds: HEARTBEAT_SECONDS,
+        heartbeatSeconds,
+        revokedPeers: await revokedPeers(ws.id),
       }
     },
 
-    async connect(owner, name, clientPeerId) {
+    async connect(actor, owner, name, clientPeerId) {
       assertPeerId(clientPeerId)
       const ws = await workspaces.record(owner, name)
       const status = await workspaces.status(ws)
@@ -127,6 +187,17 @@ export function createAgents(components: AgentsComponents): Agents {
           `The agent of workspace ${JSON.stringify(name)} has not connected yet.`,
         )
       }
+      // The same window the workspace's `agent.connected` reports.
+      const silentFor = now() - Date.parse(ws.agent.lastSeenAt)
+      if (!(silentFor < AGENT_CONNECTED_WINDOW)) {
+        throw new MeshError(
+          'MESH_AGENT_NOT_CONNECTED',
+          `The agent of workspace ${JSON.stringify(name)} is not connected: it was last seen ` +
+            `${ago(silentFor)}, at ${ws.agent.lastSeenAt}. It may have stopped or lost its ` +
+            `network; restart the workspace with 'coder-mesh restart ${name}'.`,
+          { detail: `no heartbeat within ${AGENT_CONNECTED_WINDOW / SECOND} s` },
+        )
+      }
 
       const exp = now() + TICKET_TTL
       const ticket = signTicket(
@@ -135,13 +206,21 @@ export function createAgents(components: AgentsComponents): Agents {
           client: clientPeerId,
           agent: ws.agent.peerId,
           workspace: ws.id,
-          user: owner.id,
+          user: actor.id,
           exp,
         },
         privateKey,
       )
+      // Recorded before it is handed out, so a revocation cannot miss it.
+      const record = {
+        workspaceId: ws.id,
+        client: clientPeerId,
+        agent: ws.agent.peerId,
+        expiresAt: exp,
+      }
+      await store.tickets.put(`${actor.id}/${randomUUID()}`, record, { sync: true })
       relay.grant(clientPeerId, ws.agent.peerId, exp)
-      log.info({ workspace_id: ws.id, user_id: owner.id, peer_id: clientPeerId }, 'ticket issued')
+      log.info({ workspace_id: ws.id, user_id: actor.id, peer_id: clientPeerId }, 'ticket issued')
 
       return {
         workspaceId: ws.id,
@@ -150,6 +229,55 @@ export function createAgents(components: AgentsComponents): Agents {
         ticket,
         expiresAt: new Date(exp).toISOString(),
       }
+    },
+
+    async revokeUser(userId) {
+      const t = now()
+      const revoked = new Map<string, RevocationRecord>()
+      const batch = store.batch()
+      for await (const [key, ticket] of store.tickets.entries({ prefix: `${userId}/` })) {
+        batch.del(store.tickets, key)
+        if (ticket.expiresAt <= t) continue
+        const revocationKey = `${ticket.workspaceId}/${ticket.client}`
+        const previous = revoked.get(revocationKey) ?? (await store.revocations.get(revocationKey))
+        const expiresAt = Math.max(ticket.expiresAt, previous?.expiresAt ?? 0)
+        revoked.set(revocationKey, { userId, expiresAt })
+        batch.put(store.revocations, revocationKey, { userId, expiresAt })
+      }
+      await batch.write({ sync: true })
+
+      const clients = new Set([...revoked.keys()].map((key) => key.slice(key.indexOf('/') + 1)))
+      for (const client of clients) {
+        relay.revokeClient(client)
+        await components
+          .hangUp?.(client)
+          .catch((err: unknown) =>
+            log.warn({ err, peer_id: client }, 'hang up on a revoked client'),
+          )
+      }
+      if (clients.size > 0) log.info({ user_id: userId, peers: clients.size }, 'tickets revoked')
+    },
+
+    connectedCount() {
+      const window = 3 * heartbeatSeconds * SECOND
+      let count = 0
+      for (const [id, seen] of lastSeen) {
+        if (now() - seen < window) count++
+        else lastSeen.delete(id)
+      }
+      return count
+    },
+
+    async sweep() {
+      const t = now()
+      const batch = store.batch()
+      for await (const [key, ticket] of store.tickets.entries()) {
+        if (ticket.expiresAt <= t) batch.del(store.tickets, key)
+      }
+      for await (const [key, revocation] of store.revocations.entries()) {
+        if (revocation.expiresAt <= t) batch.del(store.revocations, key)
+      }
+      await batch.write()
     },
   }
 }

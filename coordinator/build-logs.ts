@@ -57,14 +57,18 @@ export interface LogWriter {
   flush(): Promise<void>
 }
 
-/** Numbers, stores and publishes one build's lines, in order. */
+/**
+ * Numbers, stores and publishes one build's lines, in order, numbering from
+ * `after + 1` (after the lines an earlier writer stored).
+ */
 export function createLogWriter(
   store: Store,
   hub: LogHub,
   buildId: string,
   log: Logger,
+  after = 0,
 ): LogWriter {
-  let seq = 0
+  let seq = after
   let chain = Promise.resolve()
   return {
     append(line) {
@@ -82,6 +86,18 @@ export function createLogWriter(
     },
     flush: () => chain,
   }
+}
+
+/** The seq of a build's last stored log line; 0 when it has none. */
+export async function lastLogSeq(store: Store, buildId: string): Promise<number> {
+  for await (const record of store.buildLogs.values({
+    prefix: `${buildId}/`,
+    reverse: true,
+    limit: 1,
+  })) {
+    return record.seq
+  }
+  return 0
 }
 
 export interface StreamLogsOptions {

@@ -2,6 +2,8 @@
  * Builds through the real provisioner and terraform, with a template of
  * built-in `terraform_data` resources whose local-exec only echoes.
  */
+import { existsSync } from 'node:fs'
+import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { BuildLogEvent } from '../sdk/api-types.ts'
 import { provision } from '../provisioner/index.ts'
@@ -101,10 +103,14 @@ describe('builds with terraform', () => {
     expect(logText(await logsOf(stopped.id))).toMatch(/terraform_data\.workspace\[0\].*destr/i)
     expect((await t.call('GET', '/api/v1/workspaces/dev', { token })).json.status).toBe('stopped')
 
+    const localDir = join(t.coordinator.dataDir, 'workspaces', created.json.workspace.id)
+    expect(existsSync(localDir)).toBe(true)
     const deleted = await build('dev', 'delete')
     expect(deleted.status).toBe('succeeded')
     expect(logText(await logsOf(deleted.id))).toContain('removing the home folder')
     expect((await t.call('GET', '/api/v1/workspaces/dev', { token })).status).toBe(404)
+    // The coordinator made the folder for the workspace, and removes it with it.
+    expect(existsSync(localDir)).toBe(false)
   })
 
   it("should fail a build whose parameter breaks the template's validation", async () => {
@@ -119,5 +125,108 @@ describe('builds with terraform', () => {
     expect((await t.call('GET', '/api/v1/workspaces/loud', { token })).json.status).toBe('failed')
 
     expect((await build('loud', 'delete')).status).toBe('succeeded')
+  })
+})
+
+describe('deleting workspaces that cannot build', () => {
+  let t: TestCoordinator
+  let token: string
+
+  beforeAll(async () => {
+    t = await testCoordinator({ provision })
+    token = await t.owner()
+    const push = async (name: string, main: string) => {
+      const content = Buffer.from(main).toString('base64')
+      const res = await t.call('POST', `/api/v1/templates/${name}/versions`, {
+        token,
+        body: { files: [{ path: 'main.tf', content }] },
+      })
+      expect(res.status).toBe(201)
+    }
+    await push('echo', MAIN_TF)
+    // Passes the push checks; terraform init fails on it.
+    await push('broken', 'resource "terraform_data" {\n')
+    // Its only resource refuses to be destroyed.
+    await push(
+      'stuck',
+      `
+resource "terraform_data" "stuck" {
+  provisioner "local-exec" {
+    when    = destroy
+    command = "echo cannot destroy this; exit 1"
+  }
+}
+`,
+    )
+  })
+
+  afterAll(async () => {
+    await t?.cleanup()
+  })
+
+  async function create(name: string, template: string, parameters?: Record<string, string>) {
+    const res = await t.call('POST', '/api/v1/workspaces', {
+      token,
+      body: { name, template, parameters },
+    })
+    expect(res.status).toBe(201)
+    return {
+      id: res.json.workspace.id as string,
+      build: await waitForBuild(t, token, res.json.build.id),
+    }
+  }
+
+  async function remove(name: string) {
+    const res = await t.call('POST', `/api/v1/workspaces/${name}/builds`, {
+      token,
+      body: { transition: 'delete' },
+    })
+    expect(res.status).toBe(201)
+    const build = await waitForBuild(t, token, res.json.id)
+    const logs = await t.call('GET', `/api/v1/builds/${res.json.id}/logs`, { token })
+    return { build, log: logs.text }
+  }
+
+  it('should delete a workspace of a template version terraform cannot init', async () => {
+    const { id, build } = await create('broken', 'broken')
+    expect(build).toMatchObject({ status: 'failed', error: 'terraform init: exit status 1' })
+
+    const { build: deleted, log } = await remove('broken')
+    expect(deleted.status).toBe('succeeded')
+    expect(log).toContain('terraform init: exit status 1')
+    expect(log).toContain('nothing is left to destroy, so the workspace is removed')
+    expect((await t.call('GET', '/api/v1/workspaces/broken', { token })).status).toBe(404)
+    expect(existsSync(join(t.coordinator.dataDir, 'workspaces', id))).toBe(false)
+    expect(await t.coordinator.store.states.get(id)).toBeUndefined()
+  })
+
+  it('should delete a workspace made with a parameter no build can pass (before they were refused)', async () => {
+    // Its start fails before it creates anything.
+    const { id, build } = await create('legacy', 'echo', { greeting: 'x'.repeat(30) })
+    expect(build.status).toBe('failed')
+    // What the store holds for a workspace created before parameters were checked.
+    const record = (await t.coordinator.store.workspaces.get(id))!
+    await t.coordinator.store.workspaces.put(id, { ...record, parameters: { greeting: 'a\0b' } })
+
+    const { build: deleted, log } = await remove('legacy')
+    expect(deleted.status).toBe('succeeded')
+    expect(log).toContain('Variable greeting contains a NUL byte.')
+    expect(log).toContain("the workspace's Terraform state records no resources")
+    expect((await t.call('GET', '/api/v1/workspaces/legacy', { token })).status).toBe(404)
+  })
+
+  it('should keep a workspace whose failed delete leaves resources in its state', async () => {
+    const { id, build } = await create('stuck', 'stuck')
+    expect(build.status).toBe('succeeded')
+
+    const { build: deleted, log } = await remove('stuck')
+    expect(deleted).toMatchObject({ status: 'failed', error: 'terraform destroy: exit status 1' })
+    expect(log).toContain('cannot destroy this')
+    expect(log).not.toContain('nothing is left to destroy')
+    const ws = await t.call('GET', '/api/v1/workspaces/stuck', { token })
+    expect(ws.json.status).toBe('failed')
+    const state = Buffer.from((await t.coordinator.store.states.get(id))!, 'base64').toString()
+    expect(state).toContain('"terraform_data"')
+    expect(existsSync(join(t.coordinator.dataDir, 'workspaces', id))).toBe(true)
   })
 })

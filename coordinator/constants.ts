@@ -2,7 +2,7 @@
 import { HOUR, MINUTE, SECOND } from '../sdk/config.ts'
 
 /** The store's layout version, kept in the `meta` record. */
-export const SCHEMA_VERSION = 1
+export const SCHEMA_VERSION = 2
 
 /** How long a session token stays valid after login. */
 export const SESSION_TTL = 24 * HOUR
@@ -45,3 +45,30 @@ export const DEFAULT_ADDRESS = '127.0.0.1:7080'
 
 /** Expired relay grants are swept this often, in ms. */
 export const GRANT_SWEEP_INTERVAL = 5 * MINUTE
+
+/** Login attempts one client address may make at once before it is throttled. */
+export const DEFAULT_LOGIN_ADDRESS_BURST = 30
+
+/** Login attempts one client address regains per minute. */
+export const DEFAULT_LOGIN_ADDRESS_PER_MINUTE = 30
+
+/** Login attempts for one user (or unknown login name) at once before it is throttled. */
+export const DEFAULT_LOGIN_USER_BURST = 20
+
+/** Login attempts one user regains per minute. */
+export const DEFAULT_LOGIN_USER_PER_MINUTE = 10
+
+/** Wrong passwords in a row that lock a login. */
+export const DEFAULT_LOGIN_LOCK_AFTER = 10
+
+/** How long a locked login stays locked, in ms. */
+export const DEFAULT_LOGIN_LOCK_DURATION = 15 * MINUTE
+
+/** Most keys (addresses, logins) a rate limiter tracks; the oldest are dropped first. */
+export const RATE_LIMITER_MAX_KEYS = 10_000
+
+/** An API token's last-used time is written at most this often, in ms. */
+export const TOKEN_TOUCH_INTERVAL = 1 * MINUTE
+
+/** Names that cannot be usernames: they are routes under /api/v1/users. */
+export const RESERVED_USERNAMES: readonly string[] = ['me', 'first', 'login', 'logout']

@@ -1,27 +1,35 @@
 /**
- * Wires the coordinator's services together: the store, users, templates,
- * workspaces, the build queue, the relay node and agents. The HTTP layer
- * (api.ts) is a thin shell over the object this returns.
+ * Wires the coordinator's services together: the store, users, tokens, the
+ * audit log, templates, workspaces, the build queue, the relay node, agents
+ * and metrics. The HTTP layer (api.ts) is a thin shell over the object this
+ * returns.
  */
+import { peerIdFromString } from '@libp2p/peer-id'
 import { resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { createLogger, type Logger } from '../sdk/logger.ts'
 import type { MeshNode } from '../netstack/node.ts'
 import type { TicketKeyPair } from '../netstack/ticket.ts'
 import { createAgents, type Agents } from './agents.ts'
+import { openAudit, type Audit } from './audit.ts'
 import { createLogHub, type LogHub } from './build-logs.ts'
 import { agentCommandFor, createBuilds, type ProvisionFn } from './builds.ts'
 import { DEFAULT_BUILD_GRACE, DEFAULT_P2P_LISTEN, GRANT_SWEEP_INTERVAL } from './constants.ts'
 import { KeyedLock } from './lock.ts'
+import { createLoginLimits, type LoginLimitsInit } from './login-limits.ts'
+import { createMetrics, type Metrics } from './metrics.ts'
 import {
   createRelayPolicy,
   loadOrCreateKeys,
   relayAddrs,
+  relayUsage,
   startRelayNode,
   type RelayPolicy,
 } from './relay.ts'
 import { openStore, type Store } from './store.ts'
 import { createTemplates, type Templates } from './templates.ts'
+import { createApiTokens, type ApiTokens } from './tokens.ts'
+import { createUserAdmin, type UserAdmin } from './user-admin.ts'
 import { createUsers, type Users } from './users.ts'
 import { createWorkspaces, type Workspaces } from './workspaces.ts'
 
@@ -38,6 +46,12 @@ export interface CoordinatorInit {
   maxConcurrentBuilds?: number
   /** How long close() waits for running builds before canceling them, in ms; default 30 s. */
   buildGrace?: number
+  /** How often agents register again, in seconds; default 15. Tests shorten it. */
+  heartbeatSeconds?: number
+  /** Login throttling and lockout; defaults in constants.ts. */
+  loginLimits?: LoginLimitsInit
+  /** Current time in ms; Date.now unless a test sets a clock. */
+  now?: () => number
 }
 
 export interface Coordinator {
@@ -46,6 +60,10 @@ export interface Coordinator {
   readonly log: Logger
   readonly store: Store
   readonly users: Users
+  readonly userAdmin: UserAdmin
+  readonly tokens: ApiTokens
+  readonly audit: Audit
+  readonly metrics: Metrics
   readonly templates: Templates
   readonly workspaces: Workspaces
   readonly agents: Agents
@@ -54,6 +72,8 @@ export interface Coordinator {
   readonly node: MeshNode
   readonly ticketKey: TicketKeyPair
   relayAddrs(): string[]
+  /** Why the coordinator cannot take work (store closed, relay stopped, closing), or undefined. */
+  notReady(): string | undefined
   /** Finishes or cancels builds, stops the relay and closes the store. Idempotent. */
   close(): Promise<void>
 }
@@ -79,7 +99,23 @@ export async function openCoordinator(init: CoordinatorInit): Promise<Coordinato
     const keys = await loadOrCreateKeys(store)
     const relay = createRelayPolicy()
     const hub = createLogHub()
-    const users = createUsers({ store, locks, log })
+    const now = init.now
+    const metrics = createMetrics()
+    const tokens = createApiTokens({ store, locks, log, now })
+    const limits = createLoginLimits(init.loginLimits, now)
+    const users = createUsers({ store, locks, log, tokens, limits, now })
+    const audit = await openAudit({ store, log, now })
+    // Agents exist only once the relay runs; suspensions before that have no tickets to revoke.
+    const late: { agents?: Agents } = {}
+    const userAdmin = createUserAdmin({
+      store,
+      locks,
+      log,
+      users,
+      tokens,
+      now,
+      revokeTickets: async (userId) => late.agents?.revokeUser(userId),
+    })
     const templates = createTemplates({ store, locks, log })
     const builds = createBuilds({
       store,
@@ -93,8 +129,9 @@ export async function openCoordinator(init: CoordinatorInit): Promise<Coordinato
       accessUrl: init.accessUrl,
       agentCommand: agentCommandFor(CODER_MESH_BIN),
       maxConcurrent: init.maxConcurrentBuilds,
+      onFinished: (build) => metrics.buildFinished(build.transition, build.status),
     })
-    const workspaces = createWorkspaces({ store, locks, templates, builds, log })
+    const workspaces = createWorkspaces({ store, locks, templates, builds, log, now })
 
     await builds.recover()
     await users.sweepSessions()
@@ -110,19 +147,37 @@ export async function openCoordinator(init: CoordinatorInit): Promise<Coordinato
     })
     node = relayNode
     const addrs = (): string[] => relayAddrs(relayNode)
-    const agents = createAgents({
+    const liveAgents = createAgents({
       store,
       locks,
       workspaces,
       relay,
       ticketKey: keys.ticket,
       relayAddrs: addrs,
+      hangUp: (peerId) => relayNode.hangUp(peerIdFromString(peerId)),
       log,
+      heartbeatSeconds: init.heartbeatSeconds,
+      now,
     })
-    const sweeper = setInterval(() => relay.sweep(), GRANT_SWEEP_INTERVAL)
+    late.agents = liveAgents
+    metrics.setSources({
+      builds: () => builds.stats(),
+      agentsConnected: () => liveAgents.connectedCount(),
+      relay: () => ({ ...relayUsage(relayNode), grants: relay.grantCount() }),
+    })
+    const sweeper = setInterval(() => {
+      relay.sweep()
+      liveAgents.sweep().catch((err: unknown) => log.warn({ err }, 'sweep tickets'))
+    }, GRANT_SWEEP_INTERVAL)
     sweeper.unref()
 
     let closing: Promise<void> | undefined
+    const notReady = (): string | undefined => {
+      if (closing !== undefined) return 'shutting down'
+      if (!store.isOpen()) return 'the store is not open'
+      if (relayNode.status !== 'started') return `the relay is ${relayNode.status}`
+      return undefined
+    }
     const close = async (): Promise<void> => {
       clearInterval(sweeper)
       await builds.close(init.buildGrace ?? DEFAULT_BUILD_GRACE)
@@ -138,14 +193,19 @@ export async function openCoordinator(init: CoordinatorInit): Promise<Coordinato
       log,
       store,
       users,
+      userAdmin,
+      tokens,
+      audit,
+      metrics,
       templates,
       workspaces,
-      agents,
+      agents: liveAgents,
       hub,
       relay,
       node: relayNode,
       ticketKey: keys.ticket,
       relayAddrs: addrs,
+      notReady,
       close: () => (closing ??= close()),
     }
   } catch (err) {

@@ -46,6 +46,9 @@ export function onError(log: Logger): ErrorHandler<AppEnv> {
       )
     }
     const status = meshError.status as ContentfulStatusCode
+    if (meshError.retryAfterSeconds !== undefined) {
+      c.header('retry-after', String(meshError.retryAfterSeconds))
+    }
     return c.json(meshError.toJSON(), status)
   }
 }

@@ -1,20 +1,29 @@
 /**
  * Request plumbing shared by the route modules: the Hono env type, reading
- * a JSON body through a zod schema, and bearer-token authentication.
+ * a JSON body or a query through a zod schema, bearer tokens, the client's
+ * address, and page headers of listings.
  */
-import type { Context, MiddlewareHandler } from 'hono'
+import type { Context } from 'hono'
+import type { IncomingMessage } from 'node:http'
 import type { z } from 'zod'
+import type { ListQuery } from '../sdk/api-types.ts'
 import { MeshError, type Validation } from '../sdk/errors.ts'
 import type { UserRecord } from './records.ts'
-import { unauthenticated, type Users } from './users.ts'
+import { unauthenticated } from './users.ts'
 
 export interface AppEnv {
+  /** What @hono/node-server passes along; absent under app.request() in tests. */
+  Bindings: { incoming?: IncomingMessage }
   Variables: {
     requestId: string
-    /** Set by requireSession. */
+    /** The authenticated caller, set for routes with session auth. */
     user: UserRecord
-    /** The bearer token of the request, set by requireSession. */
+    /** The bearer token of the request, set with `user`. */
     token: string
+    /** The matched route pattern, for metrics and logs. */
+    route: string
+    /** Who the audit entry names when no one is logged in (a login's username). */
+    auditActor: string
   }
 }
 
@@ -72,12 +81,34 @@ export function bearerToken(c: Context): string {
   return match[1]!
 }
 
-/** Admits requests that carry a live session token; sets `user` and `token`. */
-export function requireSession(users: Users): MiddlewareHandler<AppEnv> {
-  return async function requireSession(c, next) {
-    const token = bearerToken(c)
-    c.set('user', await users.authenticate(token))
-    c.set('token', token)
-    await next()
-  }
+/** The query string, validated: 400 MESH_VALIDATION when it does not match `schema`. */
+export function readQuery<S extends z.ZodType>(c: Context, schema: S): z.output<S> {
+  const result = schema.safeParse(c.req.query())
+  if (!result.success) throw validationError(result.error)
+  return result.data
+}
+
+/**
+ * The client's address as the socket saw it. Forwarding headers are not
+ * trusted: anyone can send them.
+ */
+export function clientAddress(c: Context<AppEnv>): string {
+  return c.env?.incoming?.socket?.remoteAddress ?? 'unknown'
+}
+
+/** Sets X-Next-Offset and a `Link: <…>; rel="next"` header when more items follow. */
+export function setNextPage(c: Context, page: ListQuery, more: boolean): void {
+  if (!more) return
+  const next = page.offset + page.limit
+  const url = new URL(c.req.url)
+  url.searchParams.set('offset', String(next))
+  url.searchParams.set('limit', String(page.limit))
+  c.header('x-next-offset', String(next))
+  c.header('link', `<${url.pathname}${url.search}>; rel="next"`)
+}
+
+/** One page of an in-memory list, with its page headers set. */
+export function slicePage<T>(c: Context, page: ListQuery, items: T[]): T[] {
+  setNextPage(c, page, items.length > page.offset + page.limit)
+  return items.slice(page.offset, page.offset + page.limit)
 }

@@ -13,7 +13,9 @@
  * await server.close()
  * ```
  */
-export { createApp } from './api.ts'
+export { createApp, routeTable } from './api.ts'
+export { authorize, can, PERMISSIONS } from './rbac.ts'
+export type { Action } from './rbac.ts'
 export type { AppEnv } from './http.ts'
 export type { ProvisionFn } from './builds.ts'
 export { openCoordinator, CODER_MESH_BIN } from './coordinator.ts'

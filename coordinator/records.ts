@@ -3,7 +3,7 @@
  * are storage shapes, not API shapes: they may hold hashes and internal ids
  * that responses leave out.
  */
-import type { Build, BuildLogLine } from '../sdk/api-types.ts'
+import type { AuditEntry, Build, BuildLogLine, UserStatus } from '../sdk/api-types.ts'
 
 export interface MetaRecord {
   schemaVersion: number
@@ -23,9 +23,42 @@ export interface UserRecord {
   username: string
   email: string
   roles: string[]
-  /** `scrypt$N$r$p$salt$hash`, see passwords.ts. */
+  /** `scrypt$N$r$p$salt$hash`, see secrets.ts. */
   passwordHash: string
+  /** Since schema version 2; a suspended user's tokens and sessions do not authenticate. */
+  status: UserStatus
   createdAt: string
+}
+
+/** Keyed by sha256(token) in hex; the token itself is never stored. */
+export interface ApiTokenRecord {
+  userId: string
+  name: string
+  createdAt: string
+  /** Milliseconds since the epoch. */
+  expiresAt: number
+  /** Milliseconds since the epoch, updated at most once a minute. */
+  lastUsedAt?: number
+}
+
+/** One audit log entry; its key is its id. */
+export type AuditRecord = Omit<AuditEntry, 'id'>
+
+/** A ticket /connect issued, kept until it expires so it can be revoked. */
+export interface TicketRecord {
+  workspaceId: string
+  /** The client peer id the ticket is bound to. */
+  client: string
+  agent: string
+  /** Milliseconds since the epoch. */
+  expiresAt: number
+}
+
+/** Tickets of a client peer to one workspace's agent that no longer count. */
+export interface RevocationRecord {
+  userId: string
+  /** Milliseconds since the epoch: when the last revoked ticket would have expired. */
+  expiresAt: number
 }
 
 /** Keyed by sha256(token) in hex; the token itself is never stored. */

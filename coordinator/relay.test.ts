@@ -3,6 +3,7 @@ import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import type { PeerId } from '@libp2p/interface'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { importTicketPublicKey, verifyTicket } from '../netstack/ticket.ts'
+import { AGENT_CONNECTED_WINDOW } from './constants.ts'
 import { createRelayGater, createRelayPolicy } from './relay.ts'
 import {
   stubProvision,
@@ -198,5 +199,54 @@ describe('agents and tickets', () => {
     expect(fresh).not.toBe(agentToken)
     expect((await register(agentToken)).status).toBe(401)
     expect((await register(fresh)).status).toBe(200)
+  })
+})
+
+describe('tickets for an agent that went silent', () => {
+  it('should refuse /connect with 409 MESH_AGENT_NOT_CONNECTED, saying when it was last seen', async () => {
+    let ms = Date.parse('2030-01-01T12:00:00.000Z')
+    const stub = stubProvision()
+    const t = await testCoordinator({ provision: stub.provision, now: () => ms })
+    try {
+      const token = await t.owner()
+      await t.call('POST', '/api/v1/templates/local/versions', { token, body: templateBody() })
+      const created = await t.call('POST', '/api/v1/workspaces', {
+        token,
+        body: { name: 'dev', template: 'local' },
+      })
+      await waitForBuild(t, token, created.json.build.id)
+      const agentToken = stub.jobs.at(-1)!.variables.coder_mesh_agent_token!
+      const registered = await t.call('POST', '/api/v1/agent/register', {
+        token: agentToken,
+        body: { peerId: (await randomPeer()).toString(), addrs: [], version: '0.1.0' },
+      })
+      expect(registered.status).toBe(200)
+      const connect = async () =>
+        t.call('POST', '/api/v1/workspaces/dev/connect', {
+          token,
+          body: { peerId: (await randomPeer()).toString() },
+        })
+
+      // Within the window the workspace reports as connected, tickets are issued.
+      ms += AGENT_CONNECTED_WINDOW - 1
+      expect((await connect()).status).toBe(200)
+
+      ms += 1
+      const ws = await t.call('GET', '/api/v1/workspaces/dev', { token })
+      expect(ws.json.agent.connected).toBe(false)
+      const refused = await connect()
+      expect(refused.status).toBe(409)
+      expect(refused.json).toMatchObject({
+        code: 'MESH_AGENT_NOT_CONNECTED',
+        message:
+          'The agent of workspace "dev" is not connected: it was last seen 45 seconds ago, ' +
+          "at 2030-01-01T12:00:00.000Z. It may have stopped or lost its network; restart the workspace with 'coder-mesh restart dev'.",
+      })
+
+      ms += 3 * 3_600_000
+      expect((await connect()).json.message).toContain('last seen 3 hours ago')
+    } finally {
+      await t.cleanup()
+    }
   })
 })

@@ -27,6 +27,10 @@ export interface RelayPolicy {
   /** Lets `client` open circuits to `agent` until `expiresAt` (ms since the epoch). */
   grant(client: string, agent: string, expiresAt: number): void
   isGranted(client: string, agent: string): boolean
+  /** Drops every grant of `client` (its user's tickets were revoked). */
+  revokeClient(client: string): void
+  /** Unexpired grants, for metrics. */
+  grantCount(): number
   /** Drops expired grants. */
   sweep(): void
 }
@@ -73,6 +77,19 @@ export function createRelayPolicy(init: RelayPolicyInit = {}): RelayPolicy {
     isGranted(client, agent) {
       const expiresAt = grants.get(client)?.get(agent)
       return expiresAt !== undefined && expiresAt > now()
+    },
+
+    revokeClient(client) {
+      grants.delete(client)
+    },
+
+    grantCount() {
+      const t = now()
+      let count = 0
+      for (const byAgent of grants.values()) {
+        for (const expiresAt of byAgent.values()) if (expiresAt > t) count++
+      }
+      return count
     },
 
     sweep() {
@@ -152,4 +169,19 @@ export function relayAddrs(node: MeshNode): string[] {
     .filter((a) => !a.includes('/p2p-circuit'))
     .filter((a) => !a.startsWith('/ip4/0.0.0.0/') && !a.startsWith('/ip6/::/'))
     .map((a) => (a.endsWith(self) ? a : a + self))
+}
+
+/** The circuit relay v2 stop protocol: one open stream per relayed connection. */
+const RELAY_STOP_PROTOCOL = '/libp2p/circuit/relay/0.2.0/stop'
+
+/** Reservations held and circuits open on the relay node, for metrics. */
+export function relayUsage(node: MeshNode): { reservations: number; circuits: number } {
+  const relay = node.services.relay as { reservations?: { size: number } } | undefined
+  let circuits = 0
+  for (const connection of node.getConnections()) {
+    for (const stream of connection.streams) {
+      if (stream.protocol === RELAY_STOP_PROTOCOL && stream.status === 'open') circuits++
+    }
+  }
+  return { reservations: relay?.reservations?.size ?? 0, circuits }
 }

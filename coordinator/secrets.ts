@@ -4,8 +4,9 @@
  */
 import { createHash, randomBytes, scrypt, timingSafeEqual, type ScryptOptions } from 'node:crypto'
 
-/** Session tokens start with this, agent tokens with AGENT_TOKEN_PREFIX. */
+/** Session tokens start with this, API tokens and agent tokens with the prefixes below. */
 export const SESSION_TOKEN_PREFIX = 'cms_'
+export const API_TOKEN_PREFIX = 'cmt_'
 export const AGENT_TOKEN_PREFIX = 'cma_'
 
 const SCRYPT_N = 16384
@@ -57,6 +58,10 @@ export function decoyPasswordHash(): Promise<string> {
 
 export function newSessionToken(): string {
   return SESSION_TOKEN_PREFIX + randomBytes(32).toString('base64url')
+}
+
+export function newApiToken(): string {
+  return API_TOKEN_PREFIX + randomBytes(32).toString('base64url')
 }
 
 export function newAgentToken(): string {

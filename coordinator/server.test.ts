@@ -103,6 +103,59 @@ describe('coordinator restarts', () => {
   })
 })
 
+describe('shutdown', () => {
+  it('should take no new work once closing: a build asked for then fails with a reason', async () => {
+    const stub = stubProvision()
+    const t = await testCoordinator({ provision: stub.provision })
+    const token = await t.owner()
+    await t.call('POST', '/api/v1/templates/local/versions', { token, body: templateBody() })
+    const first = await t.call('POST', '/api/v1/workspaces', {
+      token,
+      body: { name: 'one', template: 'local' },
+    })
+    await waitForBuild(t, token, first.json.build.id)
+
+    const started = deferred()
+    const release = deferred()
+    stub.behave = async () => {
+      started.resolve()
+      await release.promise
+      return { ok: true }
+    }
+    const running = await t.call('POST', '/api/v1/workspaces', {
+      token,
+      body: { name: 'two', template: 'local' },
+    })
+    await started.promise
+
+    const closed = t.close()
+    expect((await t.call('GET', '/readyz')).status).toBe(503)
+    // Still open while the running build has its grace period: a late request.
+    const late = await t.call('POST', '/api/v1/workspaces/one/builds', {
+      token,
+      body: { transition: 'stop' },
+    })
+    expect(late.status).toBe(201)
+    release.resolve()
+    await closed
+
+    const reopened = await testCoordinator({ dataDir: t.dataDir })
+    try {
+      const lateBuild = await reopened.call('GET', `/api/v1/builds/${late.json.id}`, { token })
+      expect(lateBuild.json).toMatchObject({
+        status: 'failed',
+        error: 'coordinator shut down before the build started',
+      })
+      const finished = await reopened.call('GET', `/api/v1/builds/${running.json.build.id}`, {
+        token,
+      })
+      expect(finished.json.status).toBe('succeeded')
+    } finally {
+      await reopened.cleanup()
+    }
+  })
+})
+
 describe('startServer errors', () => {
   it('should refuse a data folder another server holds, and a port in use', async () => {
     const held = await testCoordinator()

@@ -12,6 +12,7 @@ import { createApp } from './api.ts'
 import type { ProvisionFn } from './builds.ts'
 import { DEFAULT_ADDRESS } from './constants.ts'
 import { openCoordinator, type Coordinator } from './coordinator.ts'
+import type { AppEnv } from './http.ts'
 
 export interface ServerInit {
   /** host:port to listen on; port 0 picks a free one. */
@@ -26,6 +27,8 @@ export interface ServerInit {
   provision?: ProvisionFn
   /** How long close() waits for running builds before canceling them, in ms; default 30 s. */
   buildGrace?: number
+  /** How often agents register again, in seconds; default 15. Tests shorten it. */
+  heartbeatSeconds?: number
 }
 
 export interface RunningServer {
@@ -55,18 +58,22 @@ function urlFor(host: string, port: number): string {
 }
 
 function unavailable(): Response {
-  const error = new MeshError('MESH_INTERNAL', 'The coordinator is starting or shutting down.')
-  return Response.json(error.toJSON(), { status: 503 })
+  const error = new MeshError('MESH_UNAVAILABLE', 'The coordinator is starting or shutting down.')
+  return Response.json(error.toJSON(), { status: 503, headers: { 'retry-after': '5' } })
 }
+
+type FetchFn = (req: Request, env: AppEnv['Bindings']) => Response | Promise<Response>
 
 export async function startServer(init: ServerInit): Promise<RunningServer> {
   const { host, port } = parseAddress(init.address)
   const log = init.log ?? createLogger('mesh:coordinator')
 
   // Listen first: the access URL (a build variable) may need the real port.
-  let fetch: ((req: Request) => Response | Promise<Response>) | undefined
+  // Once closing, new requests get 503 at once: no new work starts.
+  let fetch: FetchFn | undefined
   const server = createAdaptorServer({
-    fetch: (req) => (fetch === undefined ? unavailable() : fetch(req)),
+    fetch: (req: Request, env: unknown) =>
+      fetch === undefined ? unavailable() : fetch(req, env as AppEnv['Bindings']),
     hostname: host,
   }) as Server
   await new Promise<void>((resolve, reject) => {
@@ -101,13 +108,14 @@ export async function startServer(init: ServerInit): Promise<RunningServer> {
       log,
       provision: init.provision,
       buildGrace: init.buildGrace,
+      heartbeatSeconds: init.heartbeatSeconds,
     })
   } catch (err) {
     server.close()
     throw err
   }
   const app = createApp(coordinator)
-  fetch = (req) => app.fetch(req)
+  fetch = (req, env) => app.fetch(req, env)
   log.info({ url, data_dir: coordinator.dataDir }, 'coordinator listening')
 
   let closing: Promise<void> | undefined

@@ -2,6 +2,14 @@
  * The embedded store: one LevelDB under `<dataDir>/store`, JSON values, a
  * sublevel per kind of record. Callers get typed collections; a write that
  * spans several of them goes through `batch()` so it lands atomically.
+ *
+ * Durability rule: a write whose success is acknowledged to a client is
+ * written with `{ sync: true }` (fsync before the promise resolves), so a
+ * crash right after the answer cannot lose it.
+ *
+ * The `meta` record holds the layout's schema version. Opening an older
+ * store runs the migrations in MIGRATIONS one version at a time, each
+ * recorded as it completes; a newer store is refused.
  */
 import type { AbstractSublevel } from 'abstract-level'
 import { Level } from 'level'
@@ -10,14 +18,18 @@ import { join } from 'node:path'
 import { MeshError } from '../sdk/errors.ts'
 import { SCHEMA_VERSION } from './constants.ts'
 import type {
+  ApiTokenRecord,
+  AuditRecord,
   BuildRecord,
   KeysRecord,
   LogRecord,
   MetaRecord,
+  RevocationRecord,
   SessionRecord,
   TemplateFilesRecord,
   TemplateRecord,
   TemplateVersionRecord,
+  TicketRecord,
   UserRecord,
   WorkspaceRecord,
 } from './records.ts'
@@ -33,6 +45,8 @@ export interface WriteOptions {
 export interface RangeOptions {
   /** Only keys starting with this string. */
   prefix?: string
+  /** Only keys at or after this one (with `prefix`, within it). */
+  gte?: string
   reverse?: boolean
   limit?: number
 }
@@ -62,8 +76,11 @@ export class Collection<V> {
   }
 
   async *entries(options: RangeOptions = {}): AsyncGenerator<[string, V]> {
-    const range =
+    const range: { gte?: string; lt?: string } =
       options.prefix === undefined ? {} : { gte: options.prefix, lt: options.prefix + '\uffff' }
+    if (options.gte !== undefined && (range.gte === undefined || options.gte > range.gte)) {
+      range.gte = options.gte
+    }
     const iterator = this.sub.iterator({
       ...range,
       reverse: options.reverse === true,
@@ -98,6 +115,16 @@ export interface Store {
   /** lowercased email → user id */
   readonly emails: Collection<string>
   readonly sessions: Collection<SessionRecord>
+  /** sha256(API token) → token */
+  readonly apiTokens: Collection<ApiTokenRecord>
+  /** `<user id>/<token name>` → sha256(API token) */
+  readonly apiTokenNames: Collection<string>
+  /** `<ms, 15 digits>.<seq, 12 digits>` → entry; append-only */
+  readonly audit: Collection<AuditRecord>
+  /** `<user id>/<ticket id>` → an issued, possibly unexpired ticket */
+  readonly tickets: Collection<TicketRecord>
+  /** `<workspace id>/<client peer id>` → revocation */
+  readonly revocations: Collection<RevocationRecord>
   readonly templates: Collection<TemplateRecord>
   /** `<template>/<version, 8 digits>` → version */
   readonly templateVersions: Collection<TemplateVersionRecord>
@@ -114,6 +141,8 @@ export interface Store {
   /** workspace id → terraform.tfstate, base64 */
   readonly states: Collection<string>
   batch(): Batch
+  /** True while the database is open. */
+  isOpen(): boolean
   close(): Promise<void>
 }
 
@@ -151,6 +180,11 @@ export async function openStore(dataDir: string): Promise<Store> {
     usernames: collection('usernames'),
     emails: collection('emails'),
     sessions: collection('sessions'),
+    apiTokens: collection('api-tokens'),
+    apiTokenNames: collection('api-token-names'),
+    audit: collection('audit'),
+    tickets: collection('tickets'),
+    revocations: collection('revocations'),
     templates: collection('templates'),
     templateVersions: collection('template-versions'),
     templateFiles: collection('template-files'),
@@ -161,6 +195,7 @@ export async function openStore(dataDir: string): Promise<Store> {
     buildLogs: collection('build-logs'),
     states: collection('states'),
     batch: () => newBatch(db),
+    isOpen: () => db.status === 'open',
     close: () => db.close(),
   }
 
@@ -189,6 +224,23 @@ function newBatch(db: Root): Batch {
   return batch
 }
 
+/**
+ * Migrations, by the version they bring the store to. Each must be safe to
+ * run again: a crash before its version is recorded runs it once more.
+ */
+export const MIGRATIONS: Record<number, (store: Store) => Promise<void>> = {
+  /** 1 → 2: users gain a status (suspension). */
+  2: async (store) => {
+    const batch = store.batch()
+    for await (const [id, user] of store.users.entries()) {
+      if ((user as Partial<UserRecord>).status === undefined) {
+        batch.put(store.users, id, { ...user, status: 'active' as const })
+      }
+    }
+    await batch.write({ sync: true })
+  },
+}
+
 async function checkMeta(store: Store): Promise<void> {
   const meta = await store.meta.get('meta')
   if (meta === undefined) {
@@ -196,10 +248,16 @@ async function checkMeta(store: Store): Promise<void> {
     await store.meta.put('meta', record, { sync: true })
     return
   }
-  if (meta.schemaVersion !== SCHEMA_VERSION) {
+  if (meta.schemaVersion > SCHEMA_VERSION) {
     throw new Error(
-      `open store: schema version ${meta.schemaVersion} is not ${SCHEMA_VERSION}; ` +
+      `open store: schema version ${meta.schemaVersion} is newer than ${SCHEMA_VERSION}; ` +
         'this coder-mesh cannot read it',
     )
+  }
+  for (let version = meta.schemaVersion + 1; version <= SCHEMA_VERSION; version++) {
+    const migrate = MIGRATIONS[version]
+    if (migrate === undefined) throw new Error(`open store: no migration to version ${version}`)
+    await migrate(store)
+    await store.meta.put('meta', { ...meta, schemaVersion: version }, { sync: true })
   }
 }

@@ -8,10 +8,12 @@ import { MeshError, type Validation } from '../sdk/errors.ts'
 import type { Logger } from '../sdk/logger.ts'
 import { assertName } from '../sdk/names.ts'
 import type { ProvisionFile } from '../provisioner/index.ts'
+import { reservedPathProblem } from '../provisioner/workdir.ts'
 import { MAX_TEMPLATE_FILES_BYTES } from './constants.ts'
 import type { KeyedLock } from './lock.ts'
 import type { TemplateRecord, TemplateVersionRecord, UserRecord } from './records.ts'
 import { padKey, type Store } from './store.ts'
+import { quoteText, unsafeCharacter } from './text.ts'
 
 export interface TemplatesComponents {
   store: Store
@@ -35,15 +37,37 @@ function versionKey(name: string, version: number): string {
   return `${name}/${padKey(version, 8)}`
 }
 
+/** Longest file or folder name most file systems allow, in bytes. */
+const MAX_NAME_BYTES = 255
+/** Longest template file path, in bytes. */
+const MAX_PATH_BYTES = 1024
+
 /** Why a template file path is unsafe to write under a working folder, or undefined. */
 export function templatePathProblem(path: string): string | undefined {
   if (path.includes('\0')) return 'must not contain a NUL byte'
+  const unsafe = unsafeCharacter(path)
+  if (unsafe !== undefined) return `must not contain control characters (${unsafe})`
   if (path.includes('\\')) return 'must use "/" between folders'
   if (path.startsWith('/') || /^[A-Za-z]:/.test(path)) return 'must be a relative path'
   const parts = path.split('/')
   if (parts.includes('..')) return 'must not contain ".."'
   if (parts.some((part) => part === '' || part === '.')) return 'must not hold empty or "." parts'
-  return undefined
+  if (Buffer.byteLength(path) > MAX_PATH_BYTES) return `must be at most ${MAX_PATH_BYTES} bytes`
+  if (parts.some((part) => Buffer.byteLength(part) > MAX_NAME_BYTES)) {
+    return `must not hold a name over ${MAX_NAME_BYTES} bytes`
+  }
+  return reservedPathProblem(path)
+}
+
+/**
+ * Whether Terraform reads `path` as configuration: a `.tf` or `.tf.json`
+ * file at the top level that it does not skip as hidden or as an editor's
+ * backup.
+ */
+export function isTerraformFile(path: string): boolean {
+  if (path.includes('/') || path.startsWith('.') || path.endsWith('~')) return false
+  if (path.startsWith('#') && path.endsWith('#')) return false
+  return path.endsWith('.tf') || path.endsWith('.tf.json')
 }
 
 function notFound(name: string): MeshError {
@@ -54,39 +78,75 @@ function notFound(name: string): MeshError {
 }
 
 function toTemplateVersion(record: TemplateVersionRecord): TemplateVersion {
-  return { ...record }
+  return { ...record, message: safeText(record.message), files: record.files.map(safeText) }
 }
 
-/** Checks every file and returns the decoded total size. */
-function checkFiles(request: PushTemplateRequest): number {
+function invalid(what: string, validations: Validation[]): MeshError {
+  const first = validations[0]!
+  return new MeshError('MESH_VALIDATION', `Invalid ${what}: ${first.detail}.`, { validations })
+}
+
+/**
+ * Checks the version's files and message and returns the files' decoded
+ * total size. Each validation names the file's path as well as its field.
+ */
+function checkRequest(request: PushTemplateRequest): number {
   const validations: Validation[] = []
-  const seen = new Set<string>()
+  const paths = new Map<string, number>()
   let total = 0
 
   request.files.forEach((file, i) => {
+    const field = `files.${i}.path`
     const problem = templatePathProblem(file.path)
-    if (problem !== undefined) validations.push({ field: `files.${i}.path`, detail: problem })
-    if (seen.has(file.path))
-      validations.push({ field: `files.${i}.path`, detail: 'is a duplicate' })
-    seen.add(file.path)
+    if (problem !== undefined) {
+      validations.push({ field, detail: `${quoteText(file.path)} ${problem}` })
+    } else if (paths.has(file.path)) {
+      validations.push({ field, detail: `${quoteText(file.path)} is a duplicate` })
+    } else {
+      paths.set(file.path, i)
+    }
 
     if (!BASE64.test(file.content) || file.content.length % 4 === 1) {
-      validations.push({ field: `files.${i}.content`, detail: 'must be base64' })
+      validations.push({
+        field: `files.${i}.content`,
+        detail: `${quoteText(file.path)} must be base64`,
+      })
       return
     }
     total += Buffer.byteLength(file.content, 'base64')
   })
 
-  if (validations.length > 0) {
-    const first = validations[0]!
-    throw new MeshError(
-      'MESH_VALIDATION',
-      `Invalid template files: ${first.field} ${first.detail}.`,
-      {
-        validations,
-      },
-    )
+  // A file where another one needs a folder: no working folder can hold both.
+  for (const [path, i] of paths) {
+    const parts = path.split('/')
+    for (let n = 1; n < parts.length; n++) {
+      const folder = parts.slice(0, n).join('/')
+      if (paths.has(folder)) {
+        validations.push({
+          field: `files.${paths.get(folder)!}.path`,
+          detail: `${quoteText(folder)} is a file, but ${quoteText(path)} (files.${i}.path) needs it to be a folder`,
+        })
+      }
+    }
   }
+
+  if (validations.length === 0 && ![...paths.keys()].some(isTerraformFile)) {
+    validations.push({
+      field: 'files',
+      detail: 'the template needs at least one Terraform file (*.tf or *.tf.json) at the top level',
+    })
+  }
+
+  const message = request.message ?? ''
+  const unsafe = unsafeCharacter(message)
+  if (unsafe !== undefined) {
+    validations.push({
+      field: 'message',
+      detail: `the message must be one line without control characters (found ${unsafe})`,
+    })
+  }
+
+  if (validations.length > 0) throw invalid('template version', validations)
   if (total > MAX_TEMPLATE_FILES_BYTES) {
     throw new MeshError(
       'MESH_BODY_TOO_LARGE',
@@ -96,6 +156,11 @@ function checkFiles(request: PushTemplateRequest): number {
   return total
 }
 
+/** Escapes unsafe characters a version stored before they were refused still holds. */
+function safeText(text: string): string {
+  return unsafeCharacter(text) === undefined ? text : quoteText(text).slice(1, -1)
+}
+
 export function createTemplates(components: TemplatesComponents): Templates {
   const { store, locks } = components
   const log = components.log.child({ component: 'templates' })
@@ -103,7 +168,7 @@ export function createTemplates(components: TemplatesComponents): Templates {
   return {
     push(name, request, by) {
       assertName('template', name)
-      const bytes = checkFiles(request)
+      const bytes = checkRequest(request)
 
       return locks.run(`template:${name}`, async () => {
         const now = new Date().toISOString()

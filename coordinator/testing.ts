@@ -13,6 +13,7 @@ import { createApp } from './api.ts'
 import type { ProvisionFn } from './builds.ts'
 import { openCoordinator, type Coordinator } from './coordinator.ts'
 import type { AppEnv } from './http.ts'
+import type { LoginLimitsInit } from './login-limits.ts'
 
 export const PASSWORD = 'correct horse battery'
 
@@ -25,6 +26,10 @@ export interface TestCoordinator {
   call(method: string, path: string, init?: CallInit): Promise<Called>
   /** Creates the first user and logs in; returns the session token. */
   owner(): Promise<string>
+  /** Creates a user (as `by`, an owner's token) with PASSWORD and logs in; returns the session token. */
+  user(by: string, username: string, roles?: string[]): Promise<string>
+  /** Logs in with PASSWORD; returns the session token. */
+  login(username: string): Promise<string>
   /** Closes the coordinator (idempotent); keeps the data folder. */
   close(): Promise<void>
   /** Closes and deletes the data folder. */
@@ -36,6 +41,8 @@ export interface CallInit {
   /** Sent as JSON unless it is a string (then sent as is). */
   body?: unknown
   headers?: Record<string, string>
+  /** The client address the request appears to come from; default none (`unknown`). */
+  address?: string
 }
 
 export interface Called {
@@ -49,6 +56,9 @@ export interface Called {
 export interface TestInit {
   provision?: ProvisionFn
   dataDir?: string
+  loginLimits?: LoginLimitsInit
+  heartbeatSeconds?: number
+  now?: () => number
 }
 
 export async function testCoordinator(init: TestInit = {}): Promise<TestCoordinator> {
@@ -60,6 +70,9 @@ export async function testCoordinator(init: TestInit = {}): Promise<TestCoordina
     log: createLogger('mesh:coordinator:test', 'silent'),
     provision: init.provision ?? stubProvision().provision,
     buildGrace: 2000,
+    loginLimits: init.loginLimits,
+    heartbeatSeconds: init.heartbeatSeconds,
+    now: init.now,
   })
   const app = createApp(coordinator)
   const bodies: string[] = []
@@ -72,7 +85,11 @@ export async function testCoordinator(init: TestInit = {}): Promise<TestCoordina
       body = typeof callInit.body === 'string' ? callInit.body : JSON.stringify(callInit.body)
       headers['content-type'] ??= 'application/json'
     }
-    const res = await app.request(path, { method, headers, body })
+    const env =
+      callInit.address === undefined
+        ? undefined
+        : { incoming: { socket: { remoteAddress: callInit.address } } as never }
+    const res = await app.request(path, { method, headers, body }, env)
     const text = await res.text()
     bodies.push(text)
     let json: unknown
@@ -82,6 +99,14 @@ export async function testCoordinator(init: TestInit = {}): Promise<TestCoordina
       json = undefined
     }
     return { status: res.status, headers: res.headers, text, json }
+  }
+
+  const login = async (username: string): Promise<string> => {
+    const res = await call('POST', '/api/v1/users/login', {
+      body: { username, password: PASSWORD },
+    })
+    if (res.status !== 200) throw new Error(`login ${username}: ${res.text}`)
+    return res.json.sessionToken as string
   }
 
   const close = () => coordinator.close()
@@ -99,6 +124,13 @@ export async function testCoordinator(init: TestInit = {}): Promise<TestCoordina
       })
       return login.json.sessionToken as string
     },
+    async user(by, username, roles = ['member']) {
+      const body = { username, email: `${username}@example.com`, password: PASSWORD, roles }
+      const res = await call('POST', '/api/v1/users', { token: by, body })
+      if (res.status !== 201) throw new Error(`create user ${username}: ${res.text}`)
+      return login(username)
+    },
+    login,
     close,
     async cleanup() {
       await close()

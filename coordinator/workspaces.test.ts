@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto'
+import { existsSync } from 'node:fs'
 import { readdir, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest'
@@ -135,6 +136,101 @@ describe('workspaces and builds', () => {
     })
     expect(res.status).toBe(400)
     expect(res.json.validations[0].field).toBe('parameters.coder_mesh_url')
+  })
+
+  it.each([
+    [{ 'a b': 'x' }, 'parameters.a b', /is not a Terraform variable name/],
+    [{ '1st': 'x' }, 'parameters.1st', /is not a Terraform variable name/],
+    [{ '': 'x' }, 'parameters.', /is not a Terraform variable name/],
+    [{ ['v'.repeat(129)]: 'x' }, `parameters.${'v'.repeat(129)}`, /at most 128/],
+    [{ coder_mesh_x: 'x' }, 'parameters.coder_mesh_x', /is set by coder-mesh/],
+    [{ greeting: 'a\0b' }, 'parameters.greeting', /must not contain a NUL byte/],
+    [{ big: 'x'.repeat(16 * 1024 + 1) }, 'parameters.big', /16385 bytes long; at most 16384/],
+    [{ big: 'é'.repeat(8 * 1024 + 1) }, 'parameters.big', /16386 bytes long; at most 16384/],
+    [
+      Object.fromEntries(['a', 'b', 'c', 'd', 'e'].map((n) => [n, 'x'.repeat(15 * 1024)])),
+      'parameters',
+      /total 76805 bytes; at most 65536/,
+    ],
+  ])(
+    'should refuse parameters %# that no build could pass to Terraform',
+    async (parameters, field, detail) => {
+      const before = stub.jobs.length
+      const res = await t.call('POST', '/api/v1/workspaces', {
+        token,
+        body: { name: 'params', template: 'local', parameters },
+      })
+      expect(res.status).toBe(400)
+      expect(res.json.code).toBe('MESH_VALIDATION')
+      expect(res.json.validations).toEqual([{ field, detail: expect.stringMatching(detail) }])
+      expect(res.json.message).toMatch(detail)
+      expect(res.text).not.toContain('\u0000')
+      expect((await t.call('GET', '/api/v1/workspaces/params', { token })).status).toBe(404)
+      expect(stub.jobs.length).toBe(before)
+    },
+  )
+
+  it('should accept parameters at the limits', async () => {
+    const parameters = {
+      ...Object.fromEntries(['a', 'b', 'c'].map((n) => [n, 'x'.repeat(16 * 1024)])),
+      'with-dash_1': 'ünïcødé\nnewlines are fine',
+    }
+    const res = await t.call('POST', '/api/v1/workspaces', {
+      token,
+      body: { name: 'limits', template: 'local', parameters },
+    })
+    expect(res.status).toBe(201)
+    await waitForBuild(t, token, res.json.build.id)
+    expect(stub.jobs.at(-1)!.variables).toMatchObject(parameters)
+  })
+
+  it('should remove a workspace whose delete fails when its state records no resources', async () => {
+    // The start fails without creating anything, and so does every delete.
+    stub.behave = async () => ({ ok: false, error: 'terraform init: exit status 1' })
+    const created = await t.call('POST', '/api/v1/workspaces', {
+      token,
+      body: { name: 'hopeless', template: 'local' },
+    })
+    expect((await waitForBuild(t, token, created.json.build.id)).status).toBe('failed')
+    const localDir = join(t.coordinator.dataDir, 'workspaces', created.json.workspace.id)
+    expect(existsSync(localDir)).toBe(true)
+
+    const del = await t.call('POST', '/api/v1/workspaces/hopeless/builds', {
+      token,
+      body: { transition: 'delete' },
+    })
+    const build = await waitForBuild(t, token, del.json.id)
+    expect(build.status).toBe('succeeded')
+    const logs = await t.call('GET', `/api/v1/builds/${del.json.id}/logs`, { token })
+    expect(logs.text).toContain(
+      "the delete failed (terraform init: exit status 1), but the workspace's Terraform state records no resources",
+    )
+    expect(logs.text).toContain(`workspace folder removed: ${localDir}`)
+    expect((await t.call('GET', '/api/v1/workspaces/hopeless', { token })).status).toBe(404)
+    expect(existsSync(localDir)).toBe(false)
+  })
+
+  it('should keep a workspace whose delete fails while its state records resources', async () => {
+    const state = JSON.stringify({
+      version: 4,
+      serial: 3,
+      lineage: 'l-1',
+      resources: [{ mode: 'managed', type: 'terraform_data', name: 'vm', instances: [{}] }],
+    })
+    stub.behave = async () => ({ ok: true, state: Buffer.from(state) })
+    await create('precious')
+    stub.behave = async () => ({ ok: false, error: 'terraform destroy: exit status 1' })
+    const del = await t.call('POST', '/api/v1/workspaces/precious/builds', {
+      token,
+      body: { transition: 'delete' },
+    })
+    const build = await waitForBuild(t, token, del.json.id)
+    expect(build).toMatchObject({ status: 'failed', error: 'terraform destroy: exit status 1' })
+    const ws = await t.call('GET', '/api/v1/workspaces/precious', { token })
+    expect(ws.json.status).toBe('failed')
+    const id = ws.json.id as string
+    expect(await t.coordinator.store.states.get(id)).toBe(Buffer.from(state).toString('base64'))
+    expect(existsSync(join(t.coordinator.dataDir, 'workspaces', id))).toBe(true)
   })
 
   it('should pass the previous state to the next build and stop the workspace', async () => {
@@ -286,8 +382,9 @@ describe('workspaces and builds', () => {
       id: randomUUID(),
       username: 'bob',
       email: 'bob@example.com',
-      roles: [],
+      roles: ['member'],
       passwordHash: 'none',
+      status: 'active' as const,
       createdAt: new Date().toISOString(),
     }
     await store.users.put(bob.id, bob)

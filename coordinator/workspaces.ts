@@ -23,6 +23,7 @@ import type { KeyedLock } from './lock.ts'
 import type { BuildRecord, UserRecord, WorkspaceRecord } from './records.ts'
 import type { Store } from './store.ts'
 import type { Templates } from './templates.ts'
+import { quoteText } from './text.ts'
 
 export interface WorkspacesComponents {
   store: Store
@@ -36,14 +37,16 @@ export interface WorkspacesComponents {
 export interface Workspaces {
   create(owner: UserRecord, request: CreateWorkspaceRequest): Promise<CreateWorkspaceResponse>
   list(owner: UserRecord): Promise<Workspace[]>
+  /** Every user's workspaces, by id. */
+  listAll(): Promise<Workspace[]>
   get(owner: UserRecord, name: string): Promise<Workspace>
   /** The stored record; MESH_WORKSPACE_NOT_FOUND if the owner has no such workspace. */
   record(owner: UserRecord, name: string): Promise<WorkspaceRecord>
   status(record: WorkspaceRecord): Promise<WorkspaceStatus>
   /** Starts a build; MESH_BUILD_IN_PROGRESS while the latest one is queued or running. */
   createBuild(owner: UserRecord, name: string, transition: Transition): Promise<Build>
-  /** A build of the owner's; MESH_BUILD_NOT_FOUND otherwise. */
-  build(owner: UserRecord, id: string): Promise<Build>
+  /** A build of the viewer's (of anyone's when `any`); MESH_BUILD_NOT_FOUND otherwise. */
+  build(viewer: UserRecord, id: string, any?: boolean): Promise<Build>
 }
 
 const STATUS: Record<Transition, Record<'active' | 'succeeded', WorkspaceStatus>> = {
@@ -59,22 +62,56 @@ export function workspaceStatus(build: Pick<Build, 'transition' | 'status'>): Wo
 
 /** Terraform variable names; the coder_mesh_ ones are the coordinator's to set. */
 const PARAMETER_NAME = /^[A-Za-z_][A-Za-z0-9_-]*$/
+/** Longest parameter name, in characters. */
+export const MAX_PARAMETER_NAME = 128
+/** Largest parameter value, in UTF-8 bytes. */
+export const MAX_PARAMETER_VALUE_BYTES = 16 * 1024
+/** Largest total of every parameter's name and value, in UTF-8 bytes. */
+export const MAX_PARAMETERS_BYTES = 64 * 1024
 
+/**
+ * Parameters are checked once, at create, because every build of the
+ * workspace passes them to Terraform (as TF_VAR_<name> in its environment):
+ * one that cannot be passed would fail every build, its delete included.
+ * Values are bounded well below what an environment may hold.
+ */
 function checkParameters(parameters: Record<string, string>): void {
   const validations: Validation[] = []
-  for (const name of Object.keys(parameters)) {
+  let total = 0
+  const names = new Map<string, string>()
+  for (const [name, value] of Object.entries(parameters)) {
     const field = `parameters.${name}`
-    if (!PARAMETER_NAME.test(name)) {
-      validations.push({ field, detail: 'is not a Terraform variable name' })
+    names.set(field, name)
+    const bytes = Buffer.byteLength(value)
+    total += Buffer.byteLength(name) + bytes
+    if (!PARAMETER_NAME.test(name) || name.length > MAX_PARAMETER_NAME) {
+      validations.push({
+        field,
+        detail: `is not a Terraform variable name (a letter or "_", then letters, digits, "_" and "-"; at most ${MAX_PARAMETER_NAME})`,
+      })
     } else if (name.startsWith('coder_mesh_')) {
       validations.push({ field, detail: 'is set by coder-mesh and cannot be overridden' })
     }
+    if (value.includes('\0')) {
+      validations.push({ field, detail: 'must not contain a NUL byte' })
+    } else if (bytes > MAX_PARAMETER_VALUE_BYTES) {
+      validations.push({
+        field,
+        detail: `is ${bytes} bytes long; at most ${MAX_PARAMETER_VALUE_BYTES} are allowed`,
+      })
+    }
+  }
+  if (total > MAX_PARAMETERS_BYTES) {
+    validations.push({
+      field: 'parameters',
+      detail: `total ${total} bytes; at most ${MAX_PARAMETERS_BYTES} are allowed`,
+    })
   }
   if (validations.length === 0) return
   const first = validations[0]!
-  throw new MeshError('MESH_VALIDATION', `Invalid parameter: ${first.field} ${first.detail}.`, {
-    validations,
-  })
+  const name = names.get(first.field)
+  const which = name === undefined ? 'parameters:' : `parameter ${quoteText(name)}`
+  throw new MeshError('MESH_VALIDATION', `Invalid ${which} ${first.detail}.`, { validations })
 }
 
 function notFound(name: string): MeshError {
@@ -199,6 +236,17 @@ export function createWorkspaces(components: WorkspacesComponents): Workspaces {
       return out
     },
 
+    async listAll() {
+      const owners = new Map<string, UserRecord | undefined>()
+      const out: Workspace[] = []
+      for await (const ws of store.workspaces.values()) {
+        if (!owners.has(ws.ownerId)) owners.set(ws.ownerId, await store.users.get(ws.ownerId))
+        const owner = owners.get(ws.ownerId)
+        if (owner !== undefined) out.push(await view(ws, owner))
+      }
+      return out
+    },
+
     async get(owner, name) {
       return view(await record(owner, name), owner)
     },
@@ -249,9 +297,9 @@ export function createWorkspaces(components: WorkspacesComponents): Workspaces {
       return stripOwner(build)
     },
 
-    async build(owner, id) {
+    async build(viewer, id, any = false) {
       const build = await store.builds.get(id)
-      if (build === undefined || build.ownerId !== owner.id) {
+      if (build === undefined || (build.ownerId !== viewer.id && !any)) {
         throw new MeshError('MESH_BUILD_NOT_FOUND', `Build ${JSON.stringify(id)} does not exist.`)
       }
       return stripOwner(build)

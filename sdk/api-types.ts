@@ -1,37 +1,49 @@
 /**
  * The coordinator's HTTP contract under `/api/v1`, shared by the server, the
- * CLI and the agent. Request bodies are zod schemas (the server validates
- * with them); responses are the interfaces below.
+ * CLI and the agent. Requests and responses are zod schemas: the server
+ * validates request bodies and queries with them, the OpenAPI document at
+ * `/api/v1/openapi.json` is generated from them, and the types of the same
+ * names are inferred from them.
  *
- * Routes:
+ * The routes themselves, with the permission each needs, are listed in one
+ * table (`routeTable` in coordinator/api.ts, built from coordinator/routes-*.ts)
+ * that both registers and documents them.
+ * Every request except login, first-user setup and the probes carries
+ * `Authorization: Bearer <token>`: a session token (`cms_`), an API token
+ * (`cmt_`) or, for agent registration, an agent token (`cma_`). Errors are
+ * ErrorEnvelope bodies (sdk/errors.ts).
  *
- *   GET  /healthz                              liveness, "ok"
- *   GET  /api/v1/buildinfo                     BuildInfo
- *   GET  /api/v1/users/first                   FirstUserStatus
- *   POST /api/v1/users/first       CreateFirstUserRequest -> User (201)
- *   POST /api/v1/users/login       LoginRequest -> LoginResponse
- *   POST /api/v1/users/logout                  204
- *   GET  /api/v1/users/me                      User
- *   GET  /api/v1/templates                     Template[]
- *   POST /api/v1/templates/:name/versions  PushTemplateRequest -> TemplateVersion (201)
- *   GET  /api/v1/templates/:name/versions      TemplateVersion[]
- *   GET  /api/v1/workspaces                    Workspace[] (the caller's)
- *   POST /api/v1/workspaces        CreateWorkspaceRequest -> CreateWorkspaceResponse (201)
- *   GET  /api/v1/workspaces/:name              Workspace
- *   POST /api/v1/workspaces/:name/builds  CreateBuildRequest -> Build (201)
- *   POST /api/v1/workspaces/:name/connect ConnectRequest -> ConnectResponse
- *   GET  /api/v1/builds/:id                    Build
- *   GET  /api/v1/builds/:id/logs[?follow=true] NDJSON of BuildLogEvent
- *   POST /api/v1/agent/register    AgentRegisterRequest -> AgentRegisterResponse
- *                                  (authenticated with the agent token)
- *
- * Every other request is authenticated with `Authorization: Bearer <token>`
- * (a session token). Errors are ErrorEnvelope bodies (sdk/errors.ts).
+ * Listings take `?limit=` (1 to 1000, default 100) and `?offset=`; when more
+ * items follow, the response carries `X-Next-Offset` and a `Link` header
+ * with `rel="next"`. Bodies stay plain arrays.
  */
 import { z } from 'zod'
+import { MAX_TOKEN_LIFETIME_SECONDS, ROLES } from './access.ts'
+
+export {
+  DEFAULT_TOKEN_LIFETIME_SECONDS,
+  MAX_TOKEN_LIFETIME_SECONDS,
+  ROLES,
+  type Role,
+} from './access.ts'
+
+// ---------------------------------------------------------------- common
 
 const password = z.string().min(8, 'must be at least 8 characters').max(256)
 const username = z.string().min(1).max(64)
+const isoTime = z.string().max(64)
+
+/** `?limit=&offset=` of every listing. */
+export const ListQuery = z.object({
+  limit: z.coerce.number().int().min(1).max(1000).default(100),
+  offset: z.coerce.number().int().min(0).max(1_000_000_000).default(0),
+})
+export type ListQuery = z.infer<typeof ListQuery>
+
+/** The most items one page of a listing holds. */
+export const MAX_PAGE_SIZE = 1000
+
+// ---------------------------------------------------------------- requests
 
 export const CreateFirstUserRequest = z.strictObject({
   username,
@@ -42,6 +54,44 @@ export type CreateFirstUserRequest = z.infer<typeof CreateFirstUserRequest>
 
 export const LoginRequest = z.strictObject({ username, password: z.string().min(1).max(256) })
 export type LoginRequest = z.infer<typeof LoginRequest>
+
+export const CreateUserRequest = z.strictObject({
+  username,
+  email: z.email().max(254),
+  password,
+  /** Default: member. */
+  roles: z.array(z.enum(ROLES)).min(1).max(ROLES.length).optional(),
+})
+export type CreateUserRequest = z.infer<typeof CreateUserRequest>
+
+export const UpdateRolesRequest = z.strictObject({
+  roles: z.array(z.enum(ROLES)).min(1).max(ROLES.length),
+})
+export type UpdateRolesRequest = z.infer<typeof UpdateRolesRequest>
+
+export const ChangePasswordRequest = z.strictObject({
+  /** Required when changing your own password. */
+  oldPassword: z.string().min(1).max(256).optional(),
+  password,
+})
+export type ChangePasswordRequest = z.infer<typeof ChangePasswordRequest>
+
+export const CreateApiTokenRequest = z.strictObject({
+  name: z.string().min(1).max(64),
+  /** Seconds until the token expires; default 30 days, at most a year. */
+  lifetimeSeconds: z.number().int().min(60).max(MAX_TOKEN_LIFETIME_SECONDS).optional(),
+})
+export type CreateApiTokenRequest = z.infer<typeof CreateApiTokenRequest>
+
+export const AuditQuery = ListQuery.extend({
+  /** Only entries by this username. */
+  user: z.string().min(1).max(64).optional(),
+  /** Only this action, or every action under a prefix ending in "." (e.g. `user.`). */
+  action: z.string().min(1).max(64).optional(),
+  /** Only entries at or after this time (ISO 8601). */
+  since: z.iso.datetime({ offset: true }).optional(),
+})
+export type AuditQuery = z.infer<typeof AuditQuery>
 
 export const TemplateFile = z.strictObject({
   path: z.string().min(1).max(512),
@@ -69,6 +119,19 @@ export type Transition = (typeof TRANSITIONS)[number]
 export const CreateBuildRequest = z.strictObject({ transition: z.enum(TRANSITIONS) })
 export type CreateBuildRequest = z.infer<typeof CreateBuildRequest>
 
+/** `?owner=USERNAME` acts on another user's workspace (needs the `-any` permission). */
+export const OwnerQuery = z.object({ owner: z.string().min(1).max(64).optional() })
+export type OwnerQuery = z.infer<typeof OwnerQuery>
+
+export const WorkspaceListQuery = ListQuery.extend({
+  ...OwnerQuery.shape,
+  /** `true`: every user's workspaces (needs workspace:read-any). */
+  all: z.enum(['true', 'false']).optional(),
+})
+export type WorkspaceListQuery = z.infer<typeof WorkspaceListQuery>
+
+export const BuildLogsQuery = z.object({ follow: z.enum(['true', 'false', '1', '0']).optional() })
+
 export const ConnectRequest = z.strictObject({
   /** The client's libp2p peer id: the ticket is bound to it. */
   peerId: z.string().min(1).max(128),
@@ -83,120 +146,198 @@ export const AgentRegisterRequest = z.strictObject({
 })
 export type AgentRegisterRequest = z.infer<typeof AgentRegisterRequest>
 
-export interface BuildInfo {
-  version: string
-}
+// ---------------------------------------------------------------- responses
 
-export interface FirstUserStatus {
-  hasFirstUser: boolean
-}
+export const BuildInfo = z.object({ version: z.string() })
+export type BuildInfo = z.infer<typeof BuildInfo>
 
-export interface User {
-  id: string
-  username: string
-  email: string
-  roles: string[]
-  createdAt: string
-}
+export const FirstUserStatus = z.object({ hasFirstUser: z.boolean() })
+export type FirstUserStatus = z.infer<typeof FirstUserStatus>
 
-export interface LoginResponse {
-  sessionToken: string
-  user: User
-}
+export const USER_STATUSES = ['active', 'suspended'] as const
+export type UserStatus = (typeof USER_STATUSES)[number]
 
-export interface Template {
-  name: string
-  activeVersion: number
-  versions: number
-  createdAt: string
-  updatedAt: string
-}
+export const User = z.object({
+  id: z.string(),
+  username: z.string(),
+  email: z.string(),
+  roles: z.array(z.string()),
+  /** Absent from coordinators older than schema version 2; read it as active. */
+  status: z.enum(USER_STATUSES).optional(),
+  createdAt: isoTime,
+})
+export type User = z.infer<typeof User>
 
-export interface TemplateVersion {
-  template: string
-  version: number
-  message: string
-  files: string[]
-  createdBy: string
-  createdAt: string
-}
+export const LoginResponse = z.object({ sessionToken: z.string(), user: User })
+export type LoginResponse = z.infer<typeof LoginResponse>
+
+export const ApiToken = z.object({
+  name: z.string(),
+  createdAt: isoTime,
+  expiresAt: isoTime,
+  /** When the token last authenticated a request (to the minute); absent if never. */
+  lastUsedAt: isoTime.optional(),
+})
+export type ApiToken = z.infer<typeof ApiToken>
+
+export const CreateApiTokenResponse = ApiToken.extend({
+  /** The token itself: shown this once, stored only as a hash. */
+  token: z.string(),
+})
+export type CreateApiTokenResponse = z.infer<typeof CreateApiTokenResponse>
+
+export const AUDIT_RESULTS = ['success', 'failure'] as const
+
+export const AuditEntry = z.object({
+  /** Monotonic: later entries sort after earlier ones. */
+  id: z.string(),
+  time: isoTime,
+  /** The username acting; for a login, the name that was tried; null when unknown. */
+  actor: z.string().nullable(),
+  action: z.string(),
+  /** What was acted on, e.g. `user:bob`, `workspace:alice/dev`, `template:local`. */
+  target: z.string(),
+  /** The client's address as the server saw it. */
+  address: z.string(),
+  result: z.enum(AUDIT_RESULTS),
+  status: z.number().int(),
+  /** The error code of a failure. */
+  code: z.string().optional(),
+  requestId: z.string().optional(),
+})
+export type AuditEntry = z.infer<typeof AuditEntry>
+
+export const Template = z.object({
+  name: z.string(),
+  activeVersion: z.number().int(),
+  versions: z.number().int(),
+  createdAt: isoTime,
+  updatedAt: isoTime,
+})
+export type Template = z.infer<typeof Template>
+
+export const TemplateVersion = z.object({
+  template: z.string(),
+  version: z.number().int(),
+  message: z.string(),
+  files: z.array(z.string()),
+  createdBy: z.string(),
+  createdAt: isoTime,
+})
+export type TemplateVersion = z.infer<typeof TemplateVersion>
 
 export const BUILD_STATUSES = ['queued', 'running', 'succeeded', 'failed'] as const
 export type BuildStatus = (typeof BUILD_STATUSES)[number]
 
-export interface Build {
-  id: string
-  workspaceId: string
-  workspaceName: string
-  number: number
-  transition: Transition
-  templateVersion: number
-  status: BuildStatus
+export const Build = z.object({
+  id: z.string(),
+  workspaceId: z.string(),
+  workspaceName: z.string(),
+  number: z.number().int(),
+  transition: z.enum(TRANSITIONS),
+  templateVersion: z.number().int(),
+  status: z.enum(BUILD_STATUSES),
   /** Why a failed build failed, in one line. */
-  error?: string
-  createdAt: string
-  startedAt?: string
-  finishedAt?: string
-}
+  error: z.string().optional(),
+  createdAt: isoTime,
+  startedAt: isoTime.optional(),
+  finishedAt: isoTime.optional(),
+})
+export type Build = z.infer<typeof Build>
 
 /** What the workspace is doing, derived from its latest build. */
-export type WorkspaceStatus =
-  'pending' | 'starting' | 'running' | 'stopping' | 'stopped' | 'deleting' | 'deleted' | 'failed'
+export const WORKSPACE_STATUSES = [
+  'pending',
+  'starting',
+  'running',
+  'stopping',
+  'stopped',
+  'deleting',
+  'deleted',
+  'failed',
+] as const
+export type WorkspaceStatus = (typeof WORKSPACE_STATUSES)[number]
 
-export interface AgentInfo {
-  peerId: string
-  addrs: string[]
-  version: string
+export const AgentInfo = z.object({
+  peerId: z.string(),
+  addrs: z.array(z.string()),
+  version: z.string(),
   /** True when the agent registered within the last heartbeat window. */
-  connected: boolean
-  lastSeenAt: string
-}
+  connected: z.boolean(),
+  lastSeenAt: isoTime,
+})
+export type AgentInfo = z.infer<typeof AgentInfo>
 
-export interface Workspace {
-  id: string
-  name: string
-  owner: string
-  template: string
-  templateVersion: number
-  status: WorkspaceStatus
-  latestBuild: Build
-  agent: AgentInfo | null
-  createdAt: string
-}
+export const Workspace = z.object({
+  id: z.string(),
+  name: z.string(),
+  owner: z.string(),
+  template: z.string(),
+  templateVersion: z.number().int(),
+  status: z.enum(WORKSPACE_STATUSES),
+  latestBuild: Build,
+  agent: AgentInfo.nullable(),
+  createdAt: isoTime,
+})
+export type Workspace = z.infer<typeof Workspace>
 
-export interface CreateWorkspaceResponse {
-  workspace: Workspace
-  build: Build
-}
+export const CreateWorkspaceResponse = z.object({ workspace: Workspace, build: Build })
+export type CreateWorkspaceResponse = z.infer<typeof CreateWorkspaceResponse>
 
-export interface BuildLogLine {
-  type: 'log'
-  seq: number
-  time: string
+export const BuildLogLine = z.object({
+  type: z.literal('log'),
+  seq: z.number().int(),
+  time: isoTime,
   /** Where the line came from: terraform's output or the provisioner itself. */
-  source: 'stdout' | 'stderr' | 'provisioner'
-  text: string
-}
+  source: z.enum(['stdout', 'stderr', 'provisioner']),
+  text: z.string(),
+})
+export type BuildLogLine = z.infer<typeof BuildLogLine>
 
 /** One line of the NDJSON log stream; the last line is always a `build` event. */
-export type BuildLogEvent = BuildLogLine | { type: 'build'; build: Build }
+export const BuildLogEvent = z.discriminatedUnion('type', [
+  BuildLogLine,
+  z.object({ type: z.literal('build'), build: Build }),
+])
+export type BuildLogEvent = z.infer<typeof BuildLogEvent>
 
-export interface ConnectResponse {
-  workspaceId: string
-  agent: { peerId: string; addrs: string[] }
+export const ConnectResponse = z.object({
+  workspaceId: z.string(),
+  agent: z.object({ peerId: z.string(), addrs: z.array(z.string()) }),
   /** Circuit relay multiaddrs of the coordinator, each ending in /p2p/<relay>. */
-  relays: string[]
-  ticket: string
-  expiresAt: string
-}
+  relays: z.array(z.string()),
+  ticket: z.string(),
+  expiresAt: isoTime,
+})
+export type ConnectResponse = z.infer<typeof ConnectResponse>
 
-export interface AgentRegisterResponse {
-  workspaceId: string
-  workspaceName: string
-  owner: string
+/** A client peer whose tickets to this agent no longer count, until `expiresAt`. */
+export const RevokedPeer = z.object({ peerId: z.string(), expiresAt: isoTime })
+export type RevokedPeer = z.infer<typeof RevokedPeer>
+
+export const AgentRegisterResponse = z.object({
+  workspaceId: z.string(),
+  workspaceName: z.string(),
+  owner: z.string(),
   /** The coordinator's Ed25519 ticket key, SPKI DER in base64. */
-  ticketPublicKey: string
-  relays: string[]
+  ticketPublicKey: z.string(),
+  relays: z.array(z.string()),
   /** How often the agent should register again, in seconds. */
-  heartbeatSeconds: number
-}
+  heartbeatSeconds: z.number(),
+  /**
+   * Client peers whose tickets were revoked (their user was suspended or
+   * deleted): the agent refuses their streams and closes their connections.
+   * Absent from older coordinators.
+   */
+  revokedPeers: z.array(RevokedPeer).optional(),
+})
+export type AgentRegisterResponse = z.infer<typeof AgentRegisterResponse>
+
+export const ErrorEnvelopeSchema = z.object({
+  code: z.string(),
+  message: z.string(),
+  detail: z.string().optional(),
+  validations: z.array(z.object({ field: z.string(), detail: z.string() })).optional(),
+  /** For MESH_RATE_LIMITED and MESH_LOGIN_LOCKED: seconds to wait (also in Retry-After). */
+  retryAfterSeconds: z.number().int().optional(),
+})

@@ -12,19 +12,28 @@ export const ERROR_STATUS = {
   MESH_UNAUTHENTICATED: 401,
   MESH_BAD_CREDENTIALS: 401,
   MESH_FORBIDDEN: 403,
+  MESH_USER_SUSPENDED: 403,
   MESH_NOT_FOUND: 404,
   MESH_USER_NOT_FOUND: 404,
   MESH_TEMPLATE_NOT_FOUND: 404,
   MESH_WORKSPACE_NOT_FOUND: 404,
   MESH_BUILD_NOT_FOUND: 404,
+  MESH_TOKEN_NOT_FOUND: 404,
   MESH_FIRST_USER_EXISTS: 409,
+  MESH_USER_EXISTS: 409,
+  MESH_USER_HAS_WORKSPACES: 409,
+  MESH_LAST_OWNER: 409,
+  MESH_TOKEN_EXISTS: 409,
   MESH_WORKSPACE_EXISTS: 409,
   MESH_BUILD_IN_PROGRESS: 409,
   MESH_WORKSPACE_NOT_RUNNING: 409,
   MESH_AGENT_NOT_CONNECTED: 409,
   MESH_BODY_TOO_LARGE: 413,
   MESH_UNSUPPORTED_MEDIA_TYPE: 415,
+  MESH_RATE_LIMITED: 429,
+  MESH_LOGIN_LOCKED: 429,
   MESH_INTERNAL: 500,
+  MESH_UNAVAILABLE: 503,
   // Client-side codes: never sent by the coordinator.
   MESH_NOT_LOGGED_IN: 0,
   MESH_SERVER_UNREACHABLE: 0,
@@ -34,6 +43,10 @@ export const ERROR_STATUS = {
   MESH_TICKET_INVALID: 0,
   MESH_PROVISION_FAILED: 0,
   MESH_PROVISION_CANCELED: 0,
+  /** The URL answered, but not like a coordinator (HTML, `{}`, another API). */
+  MESH_NOT_A_COORDINATOR: 0,
+  /** The CLI cannot save its session in the config folder. */
+  MESH_CONFIG_UNWRITABLE: 0,
 } as const
 
 export type ErrorCode = keyof typeof ERROR_STATUS
@@ -50,11 +63,15 @@ export interface ErrorEnvelope {
   message: string
   detail?: string
   validations?: Validation[]
+  /** Seconds to wait before trying again (429 answers; also sent as Retry-After). */
+  retryAfterSeconds?: number
 }
 
 export interface MeshErrorInit {
   detail?: string
   validations?: Validation[]
+  /** Seconds to wait before trying again, for rate limits and lockouts. */
+  retryAfterSeconds?: number
   cause?: unknown
 }
 
@@ -67,6 +84,7 @@ export class MeshError extends Error {
   readonly code: ErrorCode
   readonly detail?: string
   readonly validations?: Validation[]
+  readonly retryAfterSeconds?: number
 
   constructor(code: ErrorCode, message: string, init: MeshErrorInit = {}) {
     super(message, { cause: init.cause })
@@ -74,6 +92,7 @@ export class MeshError extends Error {
     this.code = code
     this.detail = init.detail
     this.validations = init.validations
+    this.retryAfterSeconds = init.retryAfterSeconds
   }
 
   /** The HTTP status this error maps to; 500 for client-side codes. */
@@ -86,6 +105,7 @@ export class MeshError extends Error {
     const body: ErrorEnvelope = { code: this.code, message: this.message }
     if (this.detail !== undefined) body.detail = this.detail
     if (this.validations !== undefined) body.validations = this.validations
+    if (this.retryAfterSeconds !== undefined) body.retryAfterSeconds = this.retryAfterSeconds
     return body
   }
 }

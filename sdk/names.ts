@@ -35,3 +35,42 @@ export function assertName(kind: string, name: string): void {
     },
   )
 }
+
+/**
+ * A workspace as commands name it: `NAME` for one of yours, or `OWNER/NAME`
+ * for another user's (the API's `?owner=`; owners may act on anyone's).
+ */
+export interface WorkspaceRef {
+  name: string
+  owner?: string
+}
+
+/**
+ * Parses and checks `NAME` or `OWNER/NAME`; throws MESH_INVALID_NAME for
+ * anything else (`.`, `..`, `a/b/c`, uppercase...), before any request.
+ */
+export function parseWorkspaceRef(input: string): WorkspaceRef {
+  const parts = input.split('/')
+  if (parts.length === 1) {
+    assertName('workspace', input)
+    return { name: input }
+  }
+  const [owner = '', name = ''] = parts
+  if (parts.length > 2) {
+    throw new MeshError(
+      'MESH_INVALID_NAME',
+      `Invalid workspace ${JSON.stringify(input)}: use NAME, or OWNER/NAME for another user's.`,
+      { detail: NAME_RULE, validations: [{ field: 'name', detail: 'has more than one "/"' }] },
+    )
+  }
+  const ownerProblem = nameProblem(owner)
+  if (ownerProblem !== undefined) {
+    throw new MeshError(
+      'MESH_INVALID_NAME',
+      `Invalid owner ${JSON.stringify(owner)} in workspace ${JSON.stringify(input)}: ${ownerProblem}.`,
+      { detail: NAME_RULE, validations: [{ field: 'owner', detail: ownerProblem }] },
+    )
+  }
+  assertName('workspace', name)
+  return { owner, name }
+}
