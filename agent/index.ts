@@ -1,7 +1,8 @@
 /**
  * The workspace agent (`coder-mesh agent`): registers with the coordinator,
  * joins the mesh with a stable peer id, keeps a reservation on the
- * coordinator's relays, and serves SSH to clients holding a ticket.
+ * coordinator's relays, and serves SSH, port forwarding, ping and speed
+ * test (agent/mesh-services.ts) to clients holding a ticket.
  *
  * Only outbound connections are needed: to the coordinator's HTTP API and
  * to its relays. Direct addresses are registered too, for clients that can
@@ -29,6 +30,7 @@ import {
   isFatalRegisterError,
   registerUntilDone,
 } from './register.ts'
+import { serveMeshServices } from './mesh-services.ts'
 import { RelayKeeper } from './relays.ts'
 import { createSshService } from './ssh.ts'
 
@@ -49,6 +51,12 @@ export interface AgentInit {
   log?: Logger
   /** Aborts startup (registration retries included); after startup, use stop(). */
   signal?: AbortSignal
+  /**
+   * Called when the coordinator refuses the token after startup: the
+   * workspace was stopped, deleted or started again with a new agent, so
+   * this agent is retired and should stop.
+   */
+  onRetired?: (err: unknown) => void
 }
 
 export interface RunningAgent {
@@ -104,6 +112,18 @@ export async function startAgent(init: AgentInit): Promise<RunningAgent> {
     let ticketKey: KeyObject = importTicketPublicKey(first.ticketPublicKey)
     log = log.child({ workspace_id: first.workspaceId })
 
+    // Client peers whose tickets the coordinator revoked → until when (ms).
+    const revoked = new Map<string, number>()
+    const isRevokedPeer = (peer: string): boolean => (revoked.get(peer) ?? 0) > Date.now()
+    const learnRevocations = (res: AgentRegisterResponse): void => {
+      for (const { peerId: peer, expiresAt } of res.revokedPeers ?? []) {
+        const until = Date.parse(expiresAt)
+        if (Number.isFinite(until)) revoked.set(peer, until)
+      }
+      for (const [peer, until] of revoked) if (until <= Date.now()) revoked.delete(peer)
+    }
+    learnRevocations(first)
+
     const ssh = await createSshService({ dir: init.dir, log })
     closeSsh = () => ssh.close()
     // Relays are listened on after start, not passed to createMeshNode: a
@@ -112,8 +132,21 @@ export async function startAgent(init: AgentInit): Promise<RunningAgent> {
     await serveMeshProtocol(
       node,
       SSH_PROTOCOL,
-      { agentPeerId: peerId, publicKey: () => ticketKey },
+      {
+        agentPeerId: peerId,
+        publicKey: () => ticketKey,
+        isRevoked: (claims) => isRevokedPeer(claims.client),
+      },
       (duplex, context) => ssh.handle(duplex, context),
+      log,
+    )
+    await serveMeshServices(
+      node,
+      {
+        agentPeerId: peerId,
+        publicKey: () => ticketKey,
+        isRevoked: (claims) => isRevokedPeer(claims.client),
+      },
       log,
     )
     relays = new RelayKeeper(node, log)
@@ -131,6 +164,14 @@ export async function startAgent(init: AgentInit): Promise<RunningAgent> {
       }
       keeper.setRelays(res.relays)
       intervalMs = heartbeatMs(res.heartbeatSeconds)
+      // A revoked peer loses its open connections too, not just new streams.
+      learnRevocations(res)
+      for (const connection of meshNode.getConnections()) {
+        const remote = connection.remotePeer.toString()
+        if (!isRevokedPeer(remote)) continue
+        log.info({ client_peer_id: remote }, 'closing a connection whose tickets were revoked')
+        connection.abort(new Error('tickets revoked by the coordinator'))
+      }
     }
     apply(await register(directAddrs(meshNode)))
     log.info(
@@ -160,11 +201,16 @@ export async function startAgent(init: AgentInit): Promise<RunningAgent> {
           if (signal.aborted) return
           failures++
           if (isFatalRegisterError(err)) {
-            // Tickets already issued keep working offline, so keep serving.
+            // A refused token is the coordinator's definite word that this
+            // agent was replaced or its workspace is gone (an outage is not:
+            // then tickets already issued keep working offline). A retired
+            // agent left running would retry forever and keep serving.
             log.error(
               { err: describeRegisterError(err) },
-              'the coordinator refused the agent token',
+              'the coordinator refused the agent token; the agent is retired',
             )
+            init.onRetired?.(err)
+            return
           } else {
             log.warn({ err: describeRegisterError(err) }, 'heartbeat failed')
           }
@@ -228,6 +274,7 @@ export async function runAgentCommand(): Promise<void> {
 
   const log = createLogger('mesh:agent')
   const controller = new AbortController()
+  let retired: unknown
   const onSignal = (signal: NodeJS.Signals): void => {
     log.info({ signal }, 'stopping the agent')
     controller.abort()
@@ -237,7 +284,17 @@ export async function runAgentCommand(): Promise<void> {
   try {
     let agent: RunningAgent
     try {
-      agent = await startAgent({ url, token, dir: agentDir(), log, signal: controller.signal })
+      agent = await startAgent({
+        url,
+        token,
+        dir: agentDir(),
+        log,
+        signal: controller.signal,
+        onRetired: (err) => {
+          retired = err
+          controller.abort()
+        },
+      })
     } catch (err) {
       if (controller.signal.aborted) return
       if (isFatalRegisterError(err)) {
@@ -247,6 +304,7 @@ export async function runAgentCommand(): Promise<void> {
     }
     if (!controller.signal.aborted) await once(controller.signal, 'abort')
     await agent.stop()
+    if (retired !== undefined) throw retired
   } finally {
     process.off('SIGTERM', onSignal)
     process.off('SIGINT', onSignal)

@@ -178,6 +178,11 @@ export async function createSshService(init: SshServiceInit): Promise<SshService
         return
       }
       streams.set(duplex, context)
+      // SSH has no half-close at the transport: once the client's side of the
+      // byte stream ends (an OpenSSH ProxyCommand whose ssh died, say), no
+      // request can come any more, so the connection is over, as with sshd.
+      // Ending ours closes the stream, and ssh2 then hangs up the sessions.
+      duplex.once('end', () => duplex.end())
       // ssh2 needs only a Duplex: it reads, writes, ends and watches close.
       server.injectSocket(duplex as unknown as Socket)
     },

@@ -5,6 +5,7 @@
  */
 import { isMeshError, MeshError } from '../sdk/errors.ts'
 import { envLogLevel } from '../sdk/config.ts'
+import { printable } from './output.ts'
 
 export interface ReportOptions {
   verbose?: boolean
@@ -57,11 +58,15 @@ function hintFor(err: MeshError): string | undefined {
   if (err.code === 'MESH_UNAUTHENTICATED') {
     return "your session may have expired: run 'coder-mesh login URL'"
   }
+  if (err.code === 'MESH_NOT_A_COORDINATOR') {
+    return "check the URL: use the one 'coder-mesh server' prints as listening"
+  }
   return undefined
 }
 
+/** One line, with control characters (a server's, or a file name's) made visible. */
 function oneLine(text: string): string {
-  return text.replace(/\s*\n\s*/g, ' ').trim()
+  return printable(text.replace(/\s*[\r\n]\s*/g, ' ').trim())
 }
 
 /** The error for a missing session. */

@@ -8,10 +8,14 @@ import { Command } from 'commander'
 import { readFileSync, realpathSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import { isVerbose, lifetime } from './cli.ts'
+import { registerAuditCommand } from './commands/audit.ts'
 import { registerLoginCommands } from './commands/login.ts'
+import { registerMeshCommands } from './commands/mesh.ts'
 import { registerServerCommands } from './commands/server.ts'
 import { registerSshCommand } from './commands/ssh.ts'
 import { registerTemplateCommands } from './commands/templates.ts'
+import { registerTokenCommands } from './commands/tokens.ts'
+import { registerUserCommands } from './commands/users.ts'
 import { registerWorkspaceCommands } from './commands/workspaces.ts'
 import { reportError } from './errors.ts'
 
@@ -44,6 +48,10 @@ export function buildProgram(): Command {
   registerTemplateCommands(program)
   registerWorkspaceCommands(program)
   registerSshCommand(program)
+  registerMeshCommands(program)
+  registerUserCommands(program)
+  registerTokenCommands(program)
+  registerAuditCommand(program)
   return program
 }
 

@@ -41,14 +41,37 @@ function isWide(cp: number): boolean {
 }
 
 /**
+ * Characters a terminal acts on rather than shows: C0 but tab (made a
+ * space), DEL, C1, and the bidirectional marks, overrides and isolates that
+ * reorder what is shown.
+ */
+// eslint-disable-next-line no-control-regex
+const CONTROL = /[\u0000-\u0008\u000a-\u001f\u007f-\u009f\u200e\u200f\u202a-\u202e\u2066-\u2069]/g
+
+/**
+ * `text` safe to print on a terminal: a tab becomes a space, and every other
+ * control character (newline, ESC, C1, bidi overrides) a visible escape,
+ * `\n` or `\u001b`, so a server-provided string can neither break a line
+ * of a table nor send the terminal a command.
+ */
+export function printable(text: string): string {
+  return text.replace(/\t/g, ' ').replace(CONTROL, (ch) => {
+    if (ch === '\n') return '\\n'
+    if (ch === '\r') return '\\r'
+    return '\\u' + (ch.codePointAt(0) ?? 0).toString(16).padStart(4, '0')
+  })
+}
+
+/**
  * A borderless table: a header row, then one row per item, columns padded
  * to the widest cell and separated by three spaces. No trailing spaces.
+ * Cells pass through `printable`: one line each, no terminal commands.
  */
 export function formatTable(
   headers: readonly string[],
   rows: readonly (readonly string[])[],
 ): string {
-  const all = [headers, ...rows]
+  const all = [headers, ...rows].map((row) => row.map(printable))
   const widths = headers.map((_, i) => Math.max(...all.map((row) => displayWidth(row[i] ?? ''))))
   const lines = all.map((row) =>
     headers

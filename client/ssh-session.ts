@@ -2,11 +2,9 @@
  * `coder-mesh ssh`: SSH to a workspace agent over the mesh. Loaded only when
  * the command runs (it pulls in libp2p and ssh2).
  *
- * 1. A throwaway libp2p identity for this session; the coordinator issues a
- *    ticket bound to it (`POST /workspaces/NAME/connect`).
- * 2. Dial the agent on every path at once, open an SSH stream, present the
- *    ticket.
- * 3. `--stdio`: carry the raw SSH bytes on stdin/stdout for OpenSSH's
+ * 1. Get a ticket and a connection to the agent (mesh-client.ts, shared
+ *    with port-forward, ping and speedtest), open an SSH stream on it.
+ * 2. `--stdio`: carry the raw SSH bytes on stdin/stdout for OpenSSH's
  *    ProxyCommand. Otherwise: run an ssh2 client over the stream.
  *
  * Exit status: the remote command's; 128+N when it died of signal N; 255
@@ -20,28 +18,22 @@
  * at once.
  */
 import type { Connection } from '@libp2p/interface'
-import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { constants as osConstants, userInfo } from 'node:os'
 import type { Duplex, Readable, Transform, Writable } from 'node:stream'
 import type { Client, ClientChannel, PseudoTtyOptions } from 'ssh2'
 import { SSH_PROTOCOL } from '../netstack/constants.ts'
-import { dialAgent, openMeshStream } from '../netstack/dial.ts'
-import { newPeerKey } from '../netstack/keys.ts'
-import { createMeshNode, type MeshNode } from '../netstack/node.ts'
+import type { MeshNode } from '../netstack/node.ts'
 import type { ApiClient } from '../sdk/api-client.ts'
-import type { ConnectResponse, Workspace, WorkspaceStatus } from '../sdk/api-types.ts'
-import { isMeshError, MeshError, type ErrorCode } from '../sdk/errors.ts'
+import type { WorkspaceStatus } from '../sdk/api-types.ts'
+import { isMeshError } from '../sdk/errors.ts'
 import { exitStatusCode, signalExitCode } from './args.ts'
 import { ESCAPE_HELP, escapeFilter, type EscapeAction } from './escape.ts'
+import { connectFailed, openWorkspaceMesh } from './mesh-client.ts'
 
-/** How long to wait for a starting workspace's agent, in ms. */
-export const AGENT_WAIT_MS = 60_000
-const AGENT_RETRY_MS = 1000
 /** How often a session checks that its workspace is still running, in ms. */
 export const WATCH_INTERVAL_MS = 10_000
 export const KEEPALIVE_INTERVAL_MS = 10_000
 export const KEEPALIVE_COUNT_MAX = 3
-const NODE_STOP_MS = 2000
 
 /** Exit status when the session is lost rather than ended by the remote side. */
 export const SESSION_LOST = 255
@@ -58,11 +50,6 @@ export interface SshOptions {
   tty: boolean
 }
 
-const RETRYABLE: ReadonlySet<ErrorCode> = new Set([
-  'MESH_AGENT_NOT_CONNECTED',
-  'MESH_WORKSPACE_NOT_RUNNING',
-])
-
 const ENDED_STATES: ReadonlySet<WorkspaceStatus> = new Set([
   'stopping',
   'stopped',
@@ -71,26 +58,10 @@ const ENDED_STATES: ReadonlySet<WorkspaceStatus> = new Set([
 ])
 
 export async function runSsh(api: ApiClient, options: SshOptions): Promise<number> {
-  // The ticket request and the node's start-up go on side by side.
-  const privateKey = await newPeerKey()
-  const starting = createMeshNode({ privateKey, listen: [] })
-  starting.catch(() => undefined)
-  let node: MeshNode | undefined
+  const mesh = await openWorkspaceMesh(api, options.workspace)
   try {
-    const peerId = peerIdFromPrivateKey(privateKey).toString()
-    const target = await connectWithRetry(api, options.workspace, peerId)
-    node = await starting
-    const connection = await dialAgent(node, {
-      peerId: target.agent.peerId,
-      addrs: target.agent.addrs,
-      relays: target.relays,
-    })
-    const duplex = await openMeshStream(connection, SSH_PROTOCOL, target.ticket).catch(
-      (err: unknown) => {
-        throw connectFailed('Could not open an SSH stream to the workspace agent.', err)
-      },
-    )
-    const watch = supervise(api, options.workspace, node, connection, duplex)
+    const { duplex, connection } = await mesh.openStream(SSH_PROTOCOL)
+    const watch = supervise(api, options.workspace, mesh.node, connection, duplex)
     try {
       return options.stdio
         ? await proxyStdio(duplex, watch)
@@ -99,42 +70,8 @@ export async function runSsh(api: ApiClient, options: SshOptions): Promise<numbe
       watch.stop()
     }
   } finally {
-    node ??= await starting.catch(() => undefined)
-    if (node !== undefined) await stopNode(node)
+    await mesh.close()
   }
-}
-
-/**
- * Asks the coordinator for a ticket. While the workspace is still starting
- * (or running but its agent has not registered yet), waits and asks again,
- * for up to AGENT_WAIT_MS.
- */
-async function connectWithRetry(
-  api: ApiClient,
-  name: string,
-  peerId: string,
-): Promise<ConnectResponse> {
-  const deadline = Date.now() + AGENT_WAIT_MS
-  let told = false
-  for (;;) {
-    try {
-      return await api.connect(name, peerId)
-    } catch (err) {
-      if (!isMeshError(err) || !RETRYABLE.has(err.code) || Date.now() >= deadline) throw err
-      const workspace = await api.workspace(name)
-      if (!mayComeUp(workspace, err.code)) throw err
-      if (!told) {
-        process.stderr.write('Waiting for the agent...\n')
-        told = true
-      }
-      await delay(AGENT_RETRY_MS)
-    }
-  }
-}
-
-function mayComeUp(workspace: Workspace, code: ErrorCode): boolean {
-  if (workspace.status === 'pending' || workspace.status === 'starting') return true
-  return workspace.status === 'running' && code === 'MESH_AGENT_NOT_CONNECTED'
 }
 
 // ---------------------------------------------------------------------------
@@ -493,25 +430,6 @@ function flush(stream: NodeJS.WriteStream): Promise<void> {
       resolve()
     })
   })
-}
-
-async function stopNode(node: MeshNode): Promise<void> {
-  let timer: NodeJS.Timeout | undefined
-  await Promise.race([
-    Promise.resolve()
-      .then(() => node.stop())
-      .catch(() => undefined),
-    new Promise((resolve) => {
-      timer = setTimeout(resolve, NODE_STOP_MS)
-    }),
-  ])
-  clearTimeout(timer)
-}
-
-function connectFailed(message: string, cause: unknown): MeshError {
-  if (isMeshError(cause)) return cause
-  const detail = cause instanceof Error ? cause.message : String(cause)
-  return new MeshError('MESH_CONNECT_FAILED', message, { detail, cause })
 }
 
 function delay(ms: number): Promise<void> {

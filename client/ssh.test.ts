@@ -1,39 +1,97 @@
 /**
- * `coder-mesh ssh` over a real libp2p mesh to a minimal ssh2 agent, with a
- * fake coordinator handing out real tickets: stdin EOF (B01), exit statuses
- * and signals (B02), full output (B04), sessions that end when the
- * workspace stops or the agent goes away (B06), and `--stdio` under OpenSSH.
+ * `coder-mesh ssh` against the real stack: a real `coder-mesh server`, one
+ * workspace of the shipped `local` template (real Terraform, a real agent),
+ * the libp2p mesh between them. Stdin EOF (B01), exit statuses and signals
+ * (B02), full output (B04), sessions that end when the workspace stops or
+ * the agent goes away (B06), waiting for a starting workspace, PTYs and the
+ * ~. escape, and `--stdio` under OpenSSH.
+ *
+ * The tests share the workspace and run in order: the B06 test stops it,
+ * the next ones use it stopped and start it again, and the last one kills
+ * its agent.
  */
-import pty from '@lydell/node-pty'
 import { execa } from 'execa'
-import { rm } from 'node:fs/promises'
+import { mkdir, readFile, writeFile } from 'node:fs/promises'
+import { dirname, join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { MeshError } from '../sdk/errors.ts'
-import { startFakeCoordinator, type FakeCoordinator } from './testing/fake-coordinator.ts'
-import { startMiniAgent, type MiniAgent } from './testing/mini-agent.ts'
-import { BIN, cliEnv, runCli, type CliEnv } from './testing/run-cli.ts'
+import { DEFAULT_MAX_CONCURRENT_BUILDS } from '../coordinator/constants.ts'
+import { ApiClient } from '../sdk/api-client.ts'
+import {
+  BIN,
+  localWorkspaceDir,
+  loginOwner,
+  processesUnder,
+  removeTree,
+  runCli,
+  runOnTerminal,
+  savedSession,
+  startTestServer,
+  waitFor,
+  type TestServer,
+} from '../test/harness.ts'
+import { KEEPALIVE_COUNT_MAX, KEEPALIVE_INTERVAL_MS, WATCH_INTERVAL_MS } from './ssh-session.ts'
 
-describe('coder-mesh ssh', () => {
-  let fake: FakeCoordinator
-  let agent: MiniAgent
-  let cli: CliEnv
+/** A build that holds a build slot for a while. */
+const SLOW_TEMPLATE = `
+resource "terraform_data" "slow" {
+  provisioner "local-exec" {
+    command = "sleep 15"
+  }
+}
+`
+
+/** How long a session may outlive its agent: no answer to keepalives for this long. */
+const KEEPALIVE_BOUND_MS = KEEPALIVE_INTERVAL_MS * (KEEPALIVE_COUNT_MAX + 1)
+/** Slack on top of the documented bounds: process start-up and a loaded machine. */
+const SLACK_MS = 20_000
+
+describe('coder-mesh ssh', { timeout: 180_000 }, () => {
+  let server: TestServer
+  let api: ApiClient
+  let workspaceDir: string
 
   beforeAll(async () => {
-    fake = await startFakeCoordinator()
-    agent = await startMiniAgent()
-    fake.addWorkspace('dev')
-    fake.onConnect = (workspace, peerId) => agent.connectResponse(peerId, workspace.name)
-    cli = await cliEnv({ CODER_MESH_URL: fake.url, CODER_MESH_SESSION_TOKEN: fake.token })
-  })
+    server = await startTestServer()
+    await loginOwner(server)
+    api = new ApiClient({
+      url: server.url,
+      token: (await savedSession(server.configDir)).sessionToken,
+    })
+    const push = await server.cli(['templates', 'push', 'local'])
+    if (push.exitCode !== 0) throw new Error(`push failed: ${push.stderr}`)
+    const create = await server.cli(['create', 'dev', '--template', 'local', '-y'])
+    if (create.exitCode !== 0) throw new Error(`create failed: ${create.stdout}${create.stderr}`)
+    const workspace = await api.workspace('dev')
+    workspaceDir = localWorkspaceDir(server, workspace.id)
+  }, 180_000)
 
   afterAll(async () => {
-    await agent?.stop()
-    await fake?.close()
-    if (cli !== undefined) await rm(cli.home, { recursive: true, force: true })
-  })
+    if (server === undefined) return
+    try {
+      const del = await server.cli(['delete', 'dev', '-y'])
+      expect(del.exitCode, del.stderr).toBe(0)
+      await waitFor('no agent process left', async () => {
+        return (await processesUnder(server.dataDir)).length === 0
+      })
+    } finally {
+      await server.stop()
+      for (const pid of await processesUnder(server.dataDir)) process.kill(pid, 'SIGKILL')
+      await removeTree(dirname(server.dataDir))
+    }
+  }, 180_000)
 
   const ssh = (args: string[], input?: string | Buffer) =>
-    runCli(cli.env, ['ssh', ...args], { input, timeout: 30_000 })
+    runCli(server.env, ['ssh', ...args], { input, timeout: 120_000 })
+
+  /** Waits until a process of the workspace runs exactly `argv`. */
+  const waitForRemote = (argv: string[]): Promise<void> =>
+    waitFor(`${argv.join(' ')} to run in the workspace`, async () => {
+      for (const pid of await processesUnder(workspaceDir)) {
+        const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')
+        if (cmdline === `${argv.join('\0')}\0`) return true
+      }
+      return false
+    })
 
   it('should run a command and print its output', async () => {
     const r = await ssh(['dev', '--', 'echo $((6*7)); echo err >&2'])
@@ -45,10 +103,9 @@ describe('coder-mesh ssh', () => {
     expect(r.stdout.trim()).toBe('3')
     expect(r.exitCode).toBe(0)
 
-    const started = Date.now()
+    // Without the EOF, cat would wait until the run's timeout killed the CLI.
     const empty = await ssh(['coder-mesh.dev', '--', 'cat'])
     expect(empty).toEqual({ exitCode: 0, stdout: '', stderr: '' })
-    expect(Date.now() - started).toBeLessThan(10_000)
   })
 
   it('should exit with the remote status and print nothing extra (B02)', async () => {
@@ -59,7 +116,7 @@ describe('coder-mesh ssh', () => {
     }
     expect((await ssh(['dev', '--', 'exit 256'])).exitCode).toBe(0)
     expect((await ssh(['dev', '--', 'nosuchcommand'])).exitCode).toBe(127)
-  })
+  }, 240_000)
 
   it('should exit 128+N when the remote process dies of a signal (B02)', async () => {
     const r = await ssh(['dev', '--', 'kill -TERM $$'])
@@ -83,28 +140,7 @@ describe('coder-mesh ssh', () => {
   })
 
   it('should carry raw SSH for OpenSSH with --stdio', async () => {
-    const r = await execa(
-      'ssh',
-      [
-        '-F',
-        '/dev/null',
-        '-o',
-        `ProxyCommand='${BIN}' ssh --stdio %h`,
-        '-o',
-        'StrictHostKeyChecking=no',
-        '-o',
-        'UserKnownHostsFile=/dev/null',
-        '-o',
-        'LogLevel=ERROR',
-        '-o',
-        'BatchMode=yes',
-        '-o',
-        'PreferredAuthentications=none,publickey',
-        'coder-mesh.dev',
-        'wc -l; exit 7',
-      ],
-      { env: cli.env, extendEnv: false, reject: false, input: 'a\nb\nc\n', timeout: 30_000 },
-    )
+    const r = await server.ssh('dev', 'wc -l; exit 7', { input: 'a\nb\nc\n' })
     expect(r.stdout.trim()).toBe('3')
     expect(r.stderr).toBe('')
     expect(r.exitCode).toBe(7)
@@ -116,106 +152,144 @@ describe('coder-mesh ssh', () => {
     expect(r.stderr).toMatch(/MESH_BAD_ARGUMENT/)
   })
 
-  it('should wait for the agent of a starting workspace', async () => {
-    const workspace = fake.addWorkspace('late', 'starting')
-    let refusals = 0
-    const previous = fake.onConnect
-    fake.onConnect = (w, peerId) => {
-      if (w.name === 'late' && refusals++ < 2) {
-        throw new MeshError('MESH_AGENT_NOT_CONNECTED', 'The agent has not connected yet.')
-      }
-      workspace.status = 'running'
-      return previous(w, peerId)
-    }
-    try {
-      const r = await ssh(['late', '--', 'echo up'])
-      expect(r).toEqual({ exitCode: 0, stdout: 'up\n', stderr: 'Waiting for the agent...\n' })
-    } finally {
-      fake.onConnect = previous
-    }
-  })
-
-  it('should fail at once for a stopped workspace', async () => {
-    fake.addWorkspace('cold', 'stopped')
-    const previous = fake.onConnect
-    fake.onConnect = () => {
-      throw new MeshError('MESH_WORKSPACE_NOT_RUNNING', 'Workspace cold is not running.')
-    }
-    try {
-      const r = await ssh(['cold', '--', 'true'])
-      expect(r.exitCode).toBe(1)
-      expect(r.stderr).toBe('error: Workspace cold is not running. (MESH_WORKSPACE_NOT_RUNNING)\n')
-    } finally {
-      fake.onConnect = previous
-    }
-  })
-
-  it('should end an idle session when the workspace stops (B06)', async () => {
-    const workspace = fake.addWorkspace('idle')
-    const session = ssh(['idle', '--', 'sleep 120'])
-    await new Promise((r) => setTimeout(r, 2000))
-    const stoppedAt = Date.now()
-    workspace.status = 'stopped'
-    const r = await session
-    expect(Date.now() - stoppedAt).toBeLessThan(30_000)
-    expect(r.exitCode).toBe(255)
-    expect(r.stderr).toBe('error: Session ended: workspace idle stopped.\n')
-  })
-
   it('should give an interactive session a PTY, its size and its exit status', async () => {
-    const term = pty.spawn(BIN, ['ssh', 'dev'], { cols: 100, rows: 30, env: cli.env })
-    let screen = ''
-    term.onData((d) => {
-      screen += d
-    })
-    screenOf = () => screen
-    const exited = new Promise<number>((resolve) => term.onExit((e) => resolve(e.exitCode)))
-    await waitFor(() => screen.includes('$ '))
-    term.write('tty; stty size\r')
-    await waitFor(() => /\/dev\/pts\/\d+/.test(screen) && /30 100/.test(screen))
+    const run = runOnTerminal(server.env, ['ssh', 'dev'], { cols: 100, rows: 30 })
+    await run.waitFor(/\S/)
+    run.term.write('echo READY-$((6*7))\r')
+    await run.waitFor('READY-42')
+    run.term.write('tty; stty size\r')
+    await run.waitFor(/\/dev\/pts\/\d+/)
+    await run.waitFor('30 100')
     // The new size travels as SIGWINCH -> window-change -> the remote PTY;
     // ask until it has arrived.
-    term.resize(120, 40)
-    for (let i = 0; i < 20 && !/40 120/.test(screen); i++) {
-      term.write('stty size\r')
+    run.term.resize(120, 40)
+    for (let i = 0; i < 40 && !/40 120/.test(run.screen()); i++) {
+      run.term.write('stty size\r')
       await new Promise((r) => setTimeout(r, 500))
     }
-    expect(screen).toMatch(/40 120/)
-    term.write('exit 3\r')
-    expect(await exited).toBe(3)
+    expect(run.screen()).toMatch(/40 120/)
+    run.term.write('exit 3\r')
+    expect(await run.exited).toBe(3)
   })
 
   it('should end an interactive session at once on Enter ~ .', async () => {
-    const term = pty.spawn(BIN, ['ssh', 'dev'], { cols: 80, rows: 24, env: cli.env })
-    let screen = ''
-    term.onData((d) => {
-      screen += d
-    })
-    screenOf = () => screen
-    const exited = new Promise<number>((resolve) => term.onExit((e) => resolve(e.exitCode)))
-    await waitFor(() => screen.includes('$ '))
-    term.write('echo a~b\r')
-    await waitFor(() => /a~b\r+\n/.test(screen))
-    term.write('~.')
-    expect(await exited).toBe(255)
-    expect(screen).toMatch(/Connection to dev closed/)
+    const run = runOnTerminal(server.env, ['ssh', 'dev'], { cols: 80, rows: 24 })
+    await run.waitFor(/\S/)
+    // A ~ inside a line is passed on: only the shell's output has X1~Y.
+    run.term.write('echo X$((1))~Y\r')
+    await run.waitFor('X1~Y')
+    run.term.write('~.')
+    expect(await run.exited).toBe(255)
+    expect(run.screen()).toMatch(/Connection to dev closed/)
   })
+
+  it('should end a session when the workspace stops (B06)', async () => {
+    const session = ssh(['dev', '--', 'sleep 120'])
+    await waitForRemote(['sleep', '120'])
+
+    const stop = await server.cli(['stop', 'dev', '-y'])
+    expect(stop.exitCode, stop.stderr).toBe(0)
+    const stoppedAt = Date.now()
+    const r = await session
+    // A session notices within one watch interval (plus the check's own time).
+    expect(Date.now() - stoppedAt).toBeLessThan(WATCH_INTERVAL_MS + SLACK_MS)
+    expect(r.exitCode).toBe(255)
+    expect(r.stderr).toMatch(/^error: Session ended: workspace dev (is stopping|stopped)\.\n$/)
+
+    // Neither the agent nor the session's processes outlive the stop.
+    await waitFor('no process left in the stopped workspace', async () => {
+      return (await processesUnder(server.dataDir)).length === 0
+    })
+  })
+
+  it('should fail at once for a stopped workspace', async () => {
+    expect((await api.workspace('dev')).status).toBe('stopped')
+    const r = await ssh(['dev', '--', 'true'])
+    expect(r.exitCode).toBe(1)
+    expect(r.stdout).toBe('')
+    expect(r.stderr).toMatch(
+      /^error: Workspace "?dev"? is stopped.*\(MESH_WORKSPACE_NOT_RUNNING\)\n$/,
+    )
+  })
+
+  it('should wait for the agent of a starting workspace', async () => {
+    // A start takes a few seconds, about as long as the CLI takes to start
+    // up, so the start could win the race. A busy server makes the start
+    // wait in the build queue: every build slot runs a slow build first.
+    const slow = join(dirname(server.dataDir), 'slow')
+    await mkdir(slow, { recursive: true })
+    await writeFile(join(slow, 'main.tf'), SLOW_TEMPLATE)
+    const push = await server.cli(['templates', 'push', 'slow', '-d', slow])
+    expect(push.exitCode, push.stderr).toBe(0)
+    const busy = await Promise.all(
+      Array.from({ length: DEFAULT_MAX_CONCURRENT_BUILDS }, (_, i) =>
+        api.createWorkspace({ name: `busy${i}`, template: 'slow' }),
+      ),
+    )
+    try {
+      await waitFor('every build slot to be busy', async () => {
+        const builds = await Promise.all(busy.map(({ build }) => api.build(build.id)))
+        return builds.every((b) => b.status === 'running')
+      })
+
+      const start = server.cli(['start', 'dev', '-y'])
+      try {
+        await waitFor('the start build', async () => {
+          return (await api.workspace('dev')).status === 'starting'
+        })
+        const r = await ssh(['dev', '--', 'echo up'])
+        expect(r).toEqual({ exitCode: 0, stdout: 'up\n', stderr: 'Waiting for the agent...\n' })
+      } finally {
+        const started = await start
+        expect(started.exitCode, started.stderr).toBe(0)
+      }
+    } finally {
+      await Promise.all(
+        busy.map(async ({ workspace }) => {
+          await waitFor(
+            `${workspace.name} to be built`,
+            async () => {
+              return (await api.workspace(workspace.name)).status !== 'starting'
+            },
+            120_000,
+          )
+          const del = await server.cli(['delete', workspace.name, '-y'])
+          expect(del.exitCode, del.stderr).toBe(0)
+        }),
+      )
+    }
+  }, 240_000)
 
   it('should end the session when the agent goes away (B06)', async () => {
-    const session = ssh(['dev', '--', 'sleep 120'])
-    await new Promise((r) => setTimeout(r, 2000))
-    await agent.stop()
-    const r = await session
-    expect(r.exitCode).toBe(255)
-    expect(r.stderr).toMatch(/^error: Session ended: agent unreachable/)
+    const pid = Number((await readFile(join(workspaceDir, 'agent.pid'), 'utf8')).trim())
+    expect(pid).toBeGreaterThan(1)
+
+    // An idle session: `cat` waits on stdin, which stays open.
+    const session = execa(BIN, ['ssh', 'dev', '--', 'cat'], {
+      env: server.env,
+      extendEnv: false,
+      reject: false,
+      stdin: 'pipe',
+      timeout: 180_000,
+    })
+    try {
+      await waitForRemote(['cat'])
+      // The agent dies at once, with no chance to say goodbye: SIGKILL to
+      // its process group (agent.sh starts it as a group leader).
+      process.kill(-pid, 'SIGKILL')
+      const killedAt = Date.now()
+      const r = await session
+      expect(Date.now() - killedAt).toBeLessThan(KEEPALIVE_BOUND_MS + SLACK_MS)
+      expect(r.exitCode).toBe(255)
+      expect(String(r.stderr)).toMatch(/^error: Session ended: agent unreachable/)
+    } finally {
+      session.stdin?.destroy()
+      session.kill('SIGKILL')
+    }
+
+    // With the agent gone, its session's stdin closes and cat ends too.
+    await waitFor('no process left in the workspace', async () => {
+      return (await processesUnder(server.dataDir)).length === 0
+    })
   })
 })
-
-let screenOf: (() => string) | undefined
-async function waitFor(check: () => boolean, timeout = 15_000): Promise<void> {
-  const deadline = Date.now() + timeout
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error(`timed out; screen: ${JSON.stringify(screenOf?.())}`)
-    await new Promise((r) => setTimeout(r, 50))
-  }
-}

@@ -7,6 +7,10 @@
  * variable name). Everything that goes wrong while running, Terraform errors
  * and cancellation included, is a result with `ok: false`, a one-line
  * `error`, and the details in the log.
+ *
+ * `recoverWorkdir` cleans up after a coordinator that died mid-build: it
+ * stops the terraform still running in the build's working directory and
+ * hands back the state it left there.
  */
 export type {
   ProvisionFile,
@@ -16,4 +20,5 @@ export type {
   ProvisionResult,
 } from './types.ts'
 export { provision } from './provision.ts'
+export { recoverWorkdir, type RecoverOptions, type RecoverResult } from './recover.ts'
 export { ENV_KEEP_WORKDIRS, templatePath } from './workdir.ts'

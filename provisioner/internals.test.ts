@@ -39,9 +39,16 @@ describe('checkFiles', () => {
       file('terraform.tfstate'),
       file('terraform.tfstate.backup'),
       file('.terraform/providers/x'),
+      file('errored.tfstate'),
+      file('.coder-mesh/terraform.json'),
+      file('modules/x/terraform.tfstate'),
     ])
-    expect(files.map((f) => f.path)).toEqual(['main.tf', '.terraform.lock.hcl'])
-    expect(ignored).toHaveLength(3)
+    expect(files.map((f) => f.path)).toEqual([
+      'main.tf',
+      '.terraform.lock.hcl',
+      'modules/x/terraform.tfstate',
+    ])
+    expect(ignored).toHaveLength(5)
   })
 })
 

@@ -190,6 +190,82 @@ describe('examples/templates/local', () => {
     await ws.build('delete')
   })
 
+  it(
+    'stops every process of the workspace when the agent was killed, and no other',
+    { timeout: 60_000 },
+    async () => {
+      const ws = new Workspace('orphans')
+      expect((await ws.build('start')).result.ok).toBe(true)
+      const agent = await ws.pid()
+
+      // What the agent starts, such as an SSH session's `sleep 300`, runs in
+      // a session of its own and carries the workspace folder in its environment.
+      const spawnWith = (dir: string, script: string): number => {
+        const child = spawn('sh', ['-c', script], {
+          detached: true,
+          stdio: 'ignore',
+          env: { PATH: process.env.PATH, CODER_MESH_AGENT_DIR: dir },
+        })
+        child.unref()
+        pids.add(child.pid ?? 0)
+        return child.pid ?? 0
+      }
+      const session = spawnWith(ws.dir, 'sleep 300; :')
+      const stubborn = spawnWith(ws.dir, "trap '' TERM; sleep 300; :")
+      // Another workspace's, one named after a folder inside this one, and one
+      // that only mentions the folder in another variable: none of them ours.
+      const other = spawnWith(`${ws.dir}-2`, 'sleep 300; :')
+      const nested = spawnWith(join(ws.dir, 'home'), 'sleep 300; :')
+      const child = spawn('sleep', ['300'], {
+        detached: true,
+        stdio: 'ignore',
+        env: { NOT_THE_AGENT_DIR: ws.dir, X: `CODER_MESH_AGENT_DIR=${ws.dir}` },
+      })
+      child.unref()
+      const mention = child.pid ?? 0
+      pids.add(mention)
+      const alive = (pid: number) => groupMembers(pid).length > 0
+      for (const pid of [session, stubborn, other, nested, mention]) expect(alive(pid)).toBe(true)
+
+      // The agent dies without stopping anything.
+      process.kill(-agent, 'SIGKILL')
+      for (let i = 0; i < 100 && alive(agent); i++) await new Promise((r) => setTimeout(r, 50))
+      expect(alive(agent)).toBe(false)
+
+      const del = await ws.build('delete')
+      expect(del.text).toContain("agent: stopping the workspace's other processes:")
+      expect(del.text).toContain('agent: still running after 10 s; killing:')
+      expect(alive(session)).toBe(false)
+      expect(alive(stubborn)).toBe(false)
+      expect(existsSync(ws.dir)).toBe(false)
+      for (const pid of [other, nested, mention]) expect(alive(pid)).toBe(true)
+      for (const pid of [other, nested, mention]) process.kill(-pid, 'SIGKILL')
+    },
+  )
+
+  it('ends what a crashed agent left running when a start replaces it', async () => {
+    const ws = new Workspace('replace')
+    expect((await ws.build('start')).result.ok).toBe(true)
+    const agent = await ws.pid()
+    const child = spawn('sleep', ['300'], {
+      detached: true,
+      stdio: 'ignore',
+      env: { CODER_MESH_AGENT_DIR: ws.dir },
+    })
+    child.unref()
+    const session = child.pid ?? 0
+    pids.add(session)
+    process.kill(-agent, 'SIGKILL')
+
+    const again = await ws.build('start')
+    expect(again.result.ok).toBe(true)
+    expect(again.text).toContain(`agent: stopping the workspace's other processes: ${session}`)
+    expect(groupMembers(session)).toEqual([])
+    // The new agent was started after the sweep, and runs.
+    expect(groupMembers(await ws.pid()).map((p) => p.cmdline)).toContain('sleep 300')
+    await ws.build('delete')
+  })
+
   it('leaves alone a process whose pid a stale pid file names', async () => {
     const dir = join(root, 'stale')
     await execa('sh', [join(TEMPLATE, 'agent.sh'), 'prepare'], {

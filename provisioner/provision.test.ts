@@ -2,6 +2,7 @@ import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
+import { ClassicLevel } from 'classic-level'
 import { ENV_TERRAFORM } from '../sdk/config.ts'
 import {
   ENV_KEEP_WORKDIRS,
@@ -287,6 +288,29 @@ resource "terraform_data" "leak" {
 
     expect(result.ok).toBe(true)
     expect(text).toContain('ignoring template file terraform.tfstate')
+  })
+
+  it('hands terraform and its children no descriptor of ours, such as the store', async () => {
+    // LevelDB opens its files without O_CLOEXEC: a real store, open here.
+    const storeDir = join(scratch, 'open-store')
+    const db = new ClassicLevel(storeDir)
+    await db.open()
+    try {
+      await db.put('k', 'v')
+      const { result, text } = await run(
+        job(`
+resource "terraform_data" "fds" {
+  provisioner "local-exec" {
+    command = "ls -l /proc/$$/fd | sed 's/^/fd: /'"
+  }
+}`),
+      )
+      expect(result.ok, text).toBe(true)
+      expect(text).toMatch(/fd: /)
+      expect(text).not.toContain(storeDir)
+    } finally {
+      await db.close()
+    }
   })
 
   it('fails cleanly when terraform cannot be run', async () => {

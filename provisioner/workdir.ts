@@ -21,17 +21,31 @@ export function keepWorkdirs(): boolean {
 const BUILD_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/
 
 /**
- * Files of a local Terraform run that must not come from a template: its
- * state (the workspace's state comes from the store) and its data folder.
+ * The provisioner's own folder in a working directory: Terraform's output
+ * (written to files, not pipes, so that Terraform outlives a coordinator
+ * that dies mid-build instead of dying of SIGPIPE) and a record of the
+ * running terraform process, for the next coordinator to find it by.
  */
-function isTerraformOwn(path: string): boolean {
-  return (
-    path === STATE_FILE ||
-    path === `${STATE_FILE}.backup` ||
-    path === ERRORED_STATE_FILE ||
-    path === '.terraform' ||
-    path.startsWith('.terraform/')
-  )
+export const RUN_DIR = '.coder-mesh'
+export const STDOUT_FILE = `${RUN_DIR}/stdout.log`
+export const STDERR_FILE = `${RUN_DIR}/stderr.log`
+export const PROCESS_FILE = `${RUN_DIR}/terraform.json`
+
+/**
+ * Why a template file path (in normal form) names something that belongs
+ * to a build rather than to a template, or undefined: Terraform's state
+ * (the workspace's state comes from the store), its data folder, and the
+ * provisioner's own folder. The coordinator refuses such files at push;
+ * the provisioner leaves them out of versions stored before that.
+ */
+export function reservedPathProblem(path: string): string | undefined {
+  const top = path.split('/')[0] ?? path
+  if (top.startsWith(STATE_FILE) || top === ERRORED_STATE_FILE) {
+    return 'is Terraform state, which the workspace keeps, not the template'
+  }
+  if (top === '.terraform') return "is inside Terraform's data folder .terraform"
+  if (top === RUN_DIR) return `is inside ${RUN_DIR}, the provisioner's own folder`
+  return undefined
 }
 
 function badPath(path: string, why: string): MeshError {
@@ -57,7 +71,7 @@ export function templatePath(path: string): string {
 
 export interface CheckedFiles {
   files: ProvisionFile[]
-  /** Files left out because they belong to a local Terraform run. */
+  /** Files left out because they belong to a build, not a template (reservedPathProblem). */
   ignored: string[]
 }
 
@@ -69,7 +83,7 @@ export function checkFiles(files: ProvisionFile[]): CheckedFiles {
   const folders = new Set<string>()
   for (const file of files) {
     const path = templatePath(file.path)
-    if (isTerraformOwn(path)) {
+    if (reservedPathProblem(path) !== undefined) {
       ignored.push(path)
       continue
     }
@@ -119,6 +133,7 @@ export async function prepareWorkdir(
     await writeFile(target, file.content, { mode: 0o600 })
   }
   if (state !== undefined) await writeFile(join(dir, STATE_FILE), state, { mode: 0o600 })
+  await mkdir(join(dir, RUN_DIR), { mode: 0o700 })
 }
 
 export interface ReadState {

@@ -87,6 +87,12 @@ describe('workspace lifecycle over the mesh', () => {
     expect(split.stderr.trim()).toBe('err')
   })
 
+  it('should end ssh --stdio when its input ends, as a ProxyCommand whose ssh died', async () => {
+    const r = await server.cli(['ssh', '--stdio', 'coder-mesh.dev'], { timeout: 30_000 })
+    expect(r.exitCode, r.stderr).toBe(0)
+    expect(r.stdout).toMatch(/^SSH-2\.0-/)
+  })
+
   it('should give an interactive coder-mesh ssh a real PTY', async () => {
     const term = pty.spawn(BIN, ['ssh', 'dev'], {
       cols: 120,

@@ -3,6 +3,7 @@
  * temporary data dir, the real CLI through bin/coder-mesh, and the real
  * OpenSSH client with the CLI as its ProxyCommand.
  */
+import pty, { type IPty } from '@lydell/node-pty'
 import { execa, type ResultPromise } from 'execa'
 import { mkdtemp, readdir, readFile, readlink, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
@@ -29,6 +30,8 @@ export interface TestServer {
   dataDir: string
   configDir: string
   home: string
+  /** The environment `cli` runs the CLI with (HOME and config dir of this server's user). */
+  env: Record<string, string>
   process: ResultPromise
   /** Runs the CLI as the logged-in user of this server. */
   cli(args: string[], options?: { input?: string; timeout?: number }): Promise<CliResult>
@@ -142,6 +145,7 @@ export async function startTestServer(): Promise<TestServer> {
     dataDir,
     configDir,
     home,
+    env,
     process: child,
     cli,
     ssh,
@@ -210,4 +214,98 @@ export async function waitFor(
 
 export async function removeTree(dir: string): Promise<void> {
   await rm(dir, { recursive: true, force: true })
+}
+
+/** A CLI user of their own: a fresh HOME and config dir, and a clean environment. */
+export interface CliUser {
+  home: string
+  configDir: string
+  env: Record<string, string>
+}
+
+/** A new CLI user in a fresh temporary folder; `extra` is added to the clean environment. */
+export async function newCliUser(extra: Record<string, string> = {}): Promise<CliUser> {
+  const home = await mkdtemp(join(tmpdir(), 'coder-mesh-cli-'))
+  const configDir = join(home, 'config')
+  return { home, configDir, env: { ...cleanEnv(home, configDir), ...extra } }
+}
+
+export interface RunOptions {
+  input?: string | Buffer
+  timeout?: number
+  cwd?: string
+}
+
+/**
+ * Runs bin/coder-mesh with exactly `env` (nothing from this process's
+ * environment) and returns its output byte for byte, final newline included.
+ */
+export async function runCli(
+  env: Record<string, string>,
+  args: string[],
+  options: RunOptions = {},
+): Promise<CliResult> {
+  const r = await execa(BIN, args, {
+    env,
+    extendEnv: false,
+    reject: false,
+    input: options.input ?? '',
+    timeout: options.timeout ?? 180_000,
+    cwd: options.cwd,
+    stripFinalNewline: false,
+  })
+  return { exitCode: r.exitCode ?? -1, stdout: String(r.stdout), stderr: String(r.stderr) }
+}
+
+/** The session `coder-mesh login` saved in `configDir`. */
+export async function savedSession(
+  configDir: string,
+): Promise<{ url: string; sessionToken: string }> {
+  return JSON.parse(await readFile(join(configDir, 'session.json'), 'utf8')) as {
+    url: string
+    sessionToken: string
+  }
+}
+
+/** The CLI running on a pseudo-terminal, with everything it has written so far. */
+export interface TerminalRun {
+  term: IPty
+  exited: Promise<number>
+  screen(): string
+  /** Waits until the screen holds `text` (or matches it); throws, showing the screen, after `timeout` ms. */
+  waitFor(text: string | RegExp, timeout?: number): Promise<void>
+}
+
+export function runOnTerminal(
+  env: Record<string, string>,
+  args: string[],
+  size: { cols: number; rows: number } = { cols: 100, rows: 30 },
+): TerminalRun {
+  const term = pty.spawn(BIN, args, { ...size, env })
+  let screen = ''
+  term.onData((d) => {
+    screen += d
+  })
+  const exited = new Promise<number>((resolve) => term.onExit((e) => resolve(e.exitCode)))
+  return {
+    term,
+    exited,
+    screen: () => screen,
+    async waitFor(text, timeout = 30_000) {
+      const deadline = Date.now() + timeout
+      const found = (): boolean =>
+        typeof text === 'string' ? screen.includes(text) : text.test(screen)
+      while (!found()) {
+        if (Date.now() > deadline) {
+          throw new Error(`no ${String(text)} on the terminal: ${JSON.stringify(screen)}`)
+        }
+        await new Promise((r) => setTimeout(r, 50))
+      }
+    },
+  }
+}
+
+/** The folder the shipped `local` template keeps a workspace (and its agent.pid) in. */
+export function localWorkspaceDir(server: TestServer, workspaceId: string): string {
+  return join(server.dataDir, 'workspaces', workspaceId)
 }

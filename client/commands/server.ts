@@ -3,6 +3,10 @@
  * modules are loaded only when the command runs, so other commands stay fast.
  */
 import type { Command } from 'commander'
+import { stat } from 'node:fs/promises'
+import { dirname, resolve } from 'node:path'
+import { defaultDataDir, ENV_DATA_DIR } from '../../sdk/config.ts'
+import { MeshError } from '../../sdk/errors.ts'
 import { examples, lifetime } from '../cli.ts'
 
 interface ServerFlags {
@@ -20,6 +24,14 @@ export function registerServerCommands(program: Command): void {
       .option('--data-dir <dir>', 'where the store lives (default: $CODER_MESH_DATA_DIR or XDG)')
       .option('--access-url <url>', 'the URL workspaces and users reach this server at')
       .action(async (flags: ServerFlags) => {
+        await checkDataDir(
+          flags.dataDir ?? defaultDataDir(),
+          flags.dataDir !== undefined
+            ? '--data-dir'
+            : (process.env[ENV_DATA_DIR] ?? '') !== ''
+              ? ENV_DATA_DIR
+              : 'the default',
+        )
         lifetime.keepRunning = true
         const { runServerCommand } = await import('../../coordinator/index.ts')
         await runServerCommand({
@@ -45,4 +57,33 @@ export function registerServerCommands(program: Command): void {
       }),
     'CODER_MESH_URL=http://10.0.0.1:7080 CODER_MESH_AGENT_TOKEN=... coder-mesh agent',
   )
+}
+
+/**
+ * MESH_BAD_ARGUMENT in one line when the data folder cannot be one: it is a
+ * file, a part of its path is a file, or it cannot be looked at. A missing
+ * folder is fine: the server makes it.
+ */
+export async function checkDataDir(dir: string, source: string): Promise<void> {
+  const bad = (why: string): MeshError =>
+    new MeshError('MESH_BAD_ARGUMENT', `The data folder ${dir} (${source}) ${why}.`)
+  let path = resolve(dir)
+  for (;;) {
+    let info
+    try {
+      info = await stat(path)
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code
+      if (code === 'EACCES' || code === 'EPERM') throw bad(`cannot be reached: permission denied`)
+      if (code !== 'ENOENT' && code !== 'ENOTDIR')
+        throw bad(`cannot be used: ${(err as Error).message}`)
+      const parent = dirname(path)
+      if (parent === path) return
+      path = parent
+      continue
+    }
+    if (info.isDirectory()) return
+    if (path === resolve(dir)) throw bad('is a file, not a folder')
+    throw bad(`cannot be made: ${path} is a file, not a folder`)
+  }
 }

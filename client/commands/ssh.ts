@@ -3,6 +3,7 @@
  */
 import type { Command } from 'commander'
 import { MeshError } from '../../sdk/errors.ts'
+import { parseWorkspaceRef } from '../../sdk/names.ts'
 import { remoteCommand, workspaceFromHost } from '../args.ts'
 import { examples, lifetime } from '../cli.ts'
 import { apiClient } from '../session.ts'
@@ -20,7 +21,10 @@ export function registerSshCommand(program: Command): void {
         'open a shell or run a command in a workspace over the mesh; ' +
           'exits with the remote exit status',
       )
-      .argument('<workspace>', 'workspace name (coder-mesh.NAME also works)')
+      .argument(
+        '<workspace>',
+        "workspace name (coder-mesh.NAME also works; OWNER/NAME for another user's)",
+      )
       .argument('[command...]', 'command to run instead of a shell; put it after --')
       .option('--stdio', 'carry raw SSH on stdin/stdout, for OpenSSH ProxyCommand')
       .option('-t, --tty', 'allocate a PTY for the command too')
@@ -35,9 +39,12 @@ export function registerSshCommand(program: Command): void {
         if (flags.stdio === true && command !== undefined) {
           throw new MeshError('MESH_BAD_ARGUMENT', '--stdio takes no command.')
         }
+        // The one check every command makes (also in ApiClient): before any request.
+        const name = workspaceFromHost(workspace)
+        parseWorkspaceRef(name)
         const [api, { runSsh }] = await Promise.all([apiClient(), import('../ssh-session.ts')])
         lifetime.exitCode = await runSsh(api, {
-          workspace: workspaceFromHost(workspace),
+          workspace: name,
           command,
           stdio: flags.stdio === true,
           tty: flags.tty === true,

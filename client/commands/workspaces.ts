@@ -3,14 +3,17 @@
  * `delete`. Builds stream their log to stdout as it happens.
  */
 import type { Command } from 'commander'
-import type { ApiClient } from '../../sdk/api-client.ts'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { isUnreachable, type ApiClient } from '../../sdk/api-client.ts'
 import type { Build, Transition, Workspace } from '../../sdk/api-types.ts'
-import { isMeshError, MeshError } from '../../sdk/errors.ts'
-import { assertName } from '../../sdk/names.ts'
+import { MeshError } from '../../sdk/errors.ts'
+import { assertName, parseWorkspaceRef } from '../../sdk/names.ts'
 import { parseParameter, parseParameters } from '../args.ts'
 import { examples } from '../cli.ts'
 import {
+  notice,
   outputOption,
+  printable,
   timeAgo,
   write,
   writeJson,
@@ -20,8 +23,15 @@ import {
 import { canPrompt, confirm } from '../prompt.ts'
 import { apiClient } from '../session.ts'
 
-/** How often to ask for a build's state when its log stream is cut, in ms. */
-const BUILD_POLL_MS = 1000
+/** How long to keep following a build while the coordinator is away, in ms. */
+export const FOLLOW_RETRY_MS = 60_000
+
+/** First and longest wait between attempts to reach the coordinator again, in ms. */
+const FOLLOW_BACKOFF_FIRST_MS = 500
+const FOLLOW_BACKOFF_MAX_MS = 5_000
+
+/** What `followBuild` prints once per outage, on stderr. */
+export const LOST_COORDINATOR = 'Lost the coordinator, retrying...'
 
 interface YesFlag {
   yes?: boolean
@@ -43,6 +53,7 @@ export function registerWorkspaceCommands(program: Command): void {
       .option('-y, --yes', 'do not ask for confirmation')
       .action(async (name: string, flags: YesFlag & { template: string; parameter: string[] }) => {
         assertName('workspace', name)
+        assertName('template', flags.template)
         const parameters = parseParameters(flags.parameter)
         await confirmUnlessYes(flags, `Create workspace ${name} from template ${flags.template}?`)
         const api = await apiClient()
@@ -80,9 +91,10 @@ export function registerWorkspaceCommands(program: Command): void {
     program
       .command('show')
       .description("show a workspace's details, its latest build and its agent")
-      .argument('<name>', 'workspace name')
+      .argument('<name>', "workspace name (OWNER/NAME for another user's)")
       .addOption(outputOption())
       .action(async (name: string, flags: { output: OutputFormat }) => {
+        parseWorkspaceRef(name)
         const api = await apiClient()
         const workspace = await api.workspace(name)
         if (flags.output === 'json') await writeJson(workspace)
@@ -105,9 +117,10 @@ export function registerWorkspaceCommands(program: Command): void {
       program
         .command(step.name)
         .description(step.does)
-        .argument('<name>', 'workspace name')
+        .argument('<name>', "workspace name (OWNER/NAME for another user's)")
         .option('-y, --yes', 'do not ask for confirmation')
         .action(async (name: string) => {
+          parseWorkspaceRef(name)
           const api = await apiClient()
           await runBuild(api, name, step.transition)
           await write(`Workspace ${name} ${step.done}\n`)
@@ -120,9 +133,10 @@ export function registerWorkspaceCommands(program: Command): void {
     program
       .command('restart')
       .description('stop a workspace, then start it again')
-      .argument('<name>', 'workspace name')
+      .argument('<name>', "workspace name (OWNER/NAME for another user's)")
       .option('-y, --yes', 'do not ask for confirmation')
       .action(async (name: string) => {
+        parseWorkspaceRef(name)
         const api = await apiClient()
         const workspace = await api.workspace(name)
         if (workspace.status !== 'stopped') await runBuild(api, name, 'stop')
@@ -137,9 +151,10 @@ export function registerWorkspaceCommands(program: Command): void {
       .command('delete')
       .alias('rm')
       .description('destroy a workspace and its resources')
-      .argument('<name>', 'workspace name')
+      .argument('<name>', "workspace name (OWNER/NAME for another user's)")
       .option('-y, --yes', 'do not ask for confirmation (required without a terminal)')
       .action(async (name: string, flags: YesFlag) => {
+        parseWorkspaceRef(name)
         if (flags.yes !== true && !canPrompt()) {
           throw new MeshError(
             'MESH_BAD_ARGUMENT',
@@ -169,29 +184,69 @@ async function runBuild(api: ApiClient, name: string, transition: Transition): P
 
 /**
  * Streams the build's log to stdout until it ends, and returns the final
- * build; a failed build throws MESH_BUILD_FAILED with the build's error. If
- * the log stream is cut (a coordinator restart), falls back to polling.
+ * build; a failed build throws MESH_BUILD_FAILED with the build's error.
+ *
+ * When the coordinator goes away (a restart), prints LOST_COORDINATOR once
+ * on stderr and follows again with backoff for up to FOLLOW_RETRY_MS. The
+ * API has no "since" parameter: a new stream starts from the first line, so
+ * lines already printed are skipped by their seq.
  */
-export async function followBuild(api: ApiClient, build: Build): Promise<Build> {
+export async function followBuild(
+  api: ApiClient,
+  build: Build,
+  options: { retryFor?: number } = {},
+): Promise<Build> {
+  const retryFor = options.retryFor ?? FOLLOW_RETRY_MS
+  let lastSeq = 0
   let final: Build | undefined
-  try {
-    for await (const event of api.followBuildLogs(build.id)) {
-      if (event.type === 'log') await write(event.text.replace(/\n$/, '') + '\n')
-      else if (event.type === 'build') final = event.build
-    }
-  } catch (err) {
-    if (isMeshError(err)) throw err
-  }
+  /** When the current outage began; undefined while the stream works. */
+  let lostSince: number | undefined
+  let attempt = 0
 
-  while (final === undefined || final.status === 'queued' || final.status === 'running') {
-    if (final !== undefined) await new Promise((r) => setTimeout(r, BUILD_POLL_MS))
-    final = await api.build(build.id)
+  for (;;) {
+    try {
+      for await (const event of api.followBuildLogs(build.id)) {
+        if (event.type === 'build') {
+          final = event.build
+          continue
+        }
+        // The log flows again: a later outage gets its own notice and time.
+        lostSince = undefined
+        attempt = 0
+        if (event.seq > lastSeq) {
+          lastSeq = event.seq
+          await write(event.text.replace(/\n$/, '') + '\n')
+        }
+      }
+      if (final !== undefined && isFinished(final)) break
+      // The stream ended before the build did: the coordinator is shutting down.
+      throw new MeshError('MESH_UNAVAILABLE', 'The coordinator ended the build log early.')
+    } catch (err) {
+      if (!isUnreachable(err)) throw err
+      const now = Date.now()
+      if (lostSince === undefined) {
+        lostSince = now
+        notice(LOST_COORDINATOR)
+      }
+      if (now - lostSince >= retryFor) throw err
+      await sleep(backoff(attempt++))
+    }
   }
 
   if (final.status === 'failed') {
     throw new MeshError('MESH_BUILD_FAILED', `Build failed: ${final.error ?? 'unknown error'}`)
   }
   return final
+}
+
+function isFinished(build: Build): boolean {
+  return build.status === 'succeeded' || build.status === 'failed'
+}
+
+/** Wait before attempt `attempt` (0-based): 0.5 s doubling to 5 s, ±20%. */
+function backoff(attempt: number): number {
+  const base = Math.min(FOLLOW_BACKOFF_MAX_MS, FOLLOW_BACKOFF_FIRST_MS * 2 ** Math.min(attempt, 8))
+  return Math.round(base * (0.8 + Math.random() * 0.4))
 }
 
 function agentState(workspace: Workspace): string {
@@ -227,11 +282,15 @@ export function describeWorkspace(w: Workspace): string {
     rows.push(['Agent addresses', w.agent.addrs.length > 0 ? w.agent.addrs.join('\n') : '—'])
   }
   const width = Math.max(...rows.map(([label]) => label.length)) + 2
+  // Values come from the server: each line is made printable (a line break
+  // in a build error stays one, indented under its label).
   return rows
     .map(([label, value]) =>
       value
         .split('\n')
-        .map((line, i) => (i === 0 ? `${label}:`.padEnd(width) : ' '.repeat(width)) + line)
+        .map(
+          (line, i) => (i === 0 ? `${label}:`.padEnd(width) : ' '.repeat(width)) + printable(line),
+        )
         .join('\n'),
     )
     .join('\n')

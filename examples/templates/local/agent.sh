@@ -4,8 +4,14 @@
 #   sh agent.sh prepare   create the workspace folder and its home
 #   sh agent.sh start     start the agent in the background (stopping an earlier one)
 #   sh agent.sh check     fail, showing the end of the agent's log, if it exited at once
-#   sh agent.sh stop      stop the agent: SIGTERM to its process group, SIGKILL after 10 s
-#   sh agent.sh remove    stop the agent and delete the workspace folder
+#   sh agent.sh stop      stop the agent: SIGTERM to its process group, SIGKILL after 10 s;
+#                         then every other process of the workspace the same way
+#   sh agent.sh remove    stop as above and delete the workspace folder
+#
+# A process of the workspace is one whose environment holds exactly
+# CODER_MESH_AGENT_DIR=<the folder>: the agent and everything it started,
+# such as SSH sessions, which run in sessions of their own and so outlive an
+# agent that was killed.
 #
 # CODER_MESH_AGENT_DIR names the workspace folder. "start" also needs
 # CODER_MESH_AGENT_COMMAND, CODER_MESH_URL and CODER_MESH_AGENT_TOKEN.
@@ -14,6 +20,11 @@ set -eu
 dir=${CODER_MESH_AGENT_DIR:?CODER_MESH_AGENT_DIR is not set}
 dir=${dir%/}
 case $dir in
+  *'
+'*)
+    echo "agent.sh: CODER_MESH_AGENT_DIR must not contain a newline" >&2
+    exit 2
+    ;;
   /?*) ;;
   *)
     echo "agent.sh: CODER_MESH_AGENT_DIR must be an absolute folder other than /, not '$dir'" >&2
@@ -66,7 +77,7 @@ wait_gone() {
   done
 }
 
-stop_agent() {
+stop_group() {
   if [ ! -f "$pidfile" ]; then
     echo "agent: not running"
     return 0
@@ -93,6 +104,87 @@ stop_agent() {
   fi
   rm -f "$pidfile"
   echo "agent: stopped"
+}
+
+# The session of live process $1; nothing for a zombie or a process that is gone.
+session_of() {
+  # The fields after the command name, which ends at the last ")": state,
+  # parent, process group, session, ...
+  fields=$(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null) || return 0
+  # shellcheck disable=SC2086 # split into fields on purpose
+  set -- $fields
+  [ "$#" -ge 4 ] && [ "$1" != Z ] && [ "$1" != X ] && echo "$4"
+  return 0
+}
+
+# /proc/<pid>/environ of each process with CODER_MESH_AGENT_DIR=$dir in its
+# environment, matched as one whole NUL-terminated entry.
+environ_matches() {
+  if printf 'a\0' | grep -qxz a 2>/dev/null; then
+    grep -lFxz -e "CODER_MESH_AGENT_DIR=$dir" /proc/[0-9]*/environ 2>/dev/null || true
+  else
+    for f in /proc/[0-9]*/environ; do
+      if tr '\0' '\n' <"$f" 2>/dev/null | grep -Fqx -e "CODER_MESH_AGENT_DIR=$dir"; then
+        echo "$f"
+      fi
+    done
+  fi
+}
+
+# The workspace's live processes, one pid a line, leaving out this script's
+# own session: this script, the build that runs it and the commands it runs
+# carry the same variable. Nothing without /proc.
+strays() {
+  [ -r /proc/self/stat ] || return 0
+  own=$(session_of $$)
+  [ -n "$own" ] || return 0
+  for f in $(environ_matches); do
+    p=${f#/proc/}
+    p=${p%/environ}
+    case $p in '' | *[!0-9]*) continue ;; esac
+    s=$(session_of "$p")
+    if [ -n "$s" ] && [ "$s" != "$own" ]; then echo "$p"; fi
+  done
+}
+
+# Stops every process of the workspace the agent's process group did not
+# hold: SIGTERM, then SIGKILL to what is left after 10 s.
+stop_strays() {
+  pids=$(strays)
+  [ -n "$pids" ] || return 0
+  echo "agent: stopping the workspace's other processes:" $pids
+  termed=' '
+  i=0
+  while [ -n "$pids" ] && [ "$i" -lt 100 ]; do
+    for p in $pids; do
+      case $termed in
+        *" $p "*) ;;
+        *)
+          kill -s TERM "$p" 2>/dev/null || true
+          termed="$termed$p "
+          ;;
+      esac
+    done
+    sleep 0.1
+    i=$((i + 1))
+    pids=$(strays)
+  done
+  [ -n "$pids" ] || return 0
+  echo "agent: still running after 10 s; killing:" $pids
+  i=0
+  while [ -n "$pids" ] && [ "$i" -lt 20 ]; do
+    for p in $pids; do kill -s KILL "$p" 2>/dev/null || true; done
+    sleep 0.1
+    i=$((i + 1))
+    pids=$(strays)
+  done
+  if [ -n "$pids" ]; then echo "agent: processes survived SIGKILL:" $pids >&2; fi
+}
+
+# Stops the agent and every process of the workspace.
+stop_agent() {
+  stop_group
+  stop_strays
 }
 
 prepare() {
