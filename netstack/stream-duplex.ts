@@ -24,13 +24,23 @@ class StreamDuplex extends Duplex {
       const chunk = data instanceof Uint8Array ? data : data.subarray()
       if (!this.push(chunk) && !this.paused) {
         this.paused = true
-        stream.pause()
+        // Not synchronously: this handler runs inside the stream's resume(),
+        // which, after dispatching the buffered data to us, goes on to tell
+        // yamux to send window updates again. A pause made here would be
+        // undone at once, the remote would keep sending while we are
+        // paused, and the read buffer would overflow and abort the stream.
+        queueMicrotask(() => this.pauseStream())
       }
     })
 
     // 'end' fires once the read buffer has drained after the remote closed
-    // its writable end, so no byte the remote sent is dropped here.
-    stream.addEventListener('end', () => this.push(null))
+    // its writable end, so no byte the remote sent is dropped here. An abort
+    // also dispatches 'end' (before its 'close' with the error): that is no
+    // end of input, and the 'close' below turns it into an error instead of
+    // a clean EOF that would pass a truncated transfer off as complete.
+    stream.addEventListener('end', () => {
+      if (stream.status !== 'aborted' && stream.status !== 'reset') this.push(null)
+    })
     if (stream.readableEnded) this.push(null)
 
     stream.addEventListener('close', (evt) => {
@@ -45,8 +55,13 @@ class StreamDuplex extends Duplex {
   override _read(): void {
     if (this.paused) {
       this.paused = false
-      this.stream.resume()
+      if (this.stream.readStatus === 'paused') this.stream.resume()
     }
+  }
+
+  private pauseStream(): void {
+    const status = this.stream.readStatus
+    if (this.paused && (status === 'readable' || status === 'paused')) this.stream.pause()
   }
 
   override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (err?: Error) => void): void {

@@ -1,0 +1,96 @@
+import { generateKeyPair } from '@libp2p/crypto/keys'
+import type { Stream } from '@libp2p/interface'
+import { Writable } from 'node:stream'
+import { pipeline } from 'node:stream/promises'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { STREAM_WINDOW_BYTES } from './constants.ts'
+import { createMeshNode, type MeshNode } from './node.ts'
+import { toDuplex } from './stream-duplex.ts'
+
+const PROTOCOL = '/coder-mesh-test/sink/1.0.0'
+const MiB = 1024 * 1024
+
+describe('toDuplex', () => {
+  let a: MeshNode
+  let b: MeshNode
+  const inbound: Stream[] = []
+
+  beforeAll(async () => {
+    a = await createMeshNode({
+      privateKey: await generateKeyPair('Ed25519'),
+      listen: ['/ip4/127.0.0.1/tcp/0'],
+    })
+    b = await createMeshNode({ privateKey: await generateKeyPair('Ed25519'), listen: [] })
+    await a.handle(PROTOCOL, (stream) => {
+      inbound.push(stream)
+    })
+  })
+
+  afterAll(async () => {
+    await Promise.all([a?.stop(), b?.stop()])
+  })
+
+  async function pair(): Promise<{ sender: Stream; receiver: Stream }> {
+    const conn = await b.dial(a.getMultiaddrs()[0]!)
+    const sender = await conn.newStream(PROTOCOL)
+    sender.send(new Uint8Array(1))
+    for (let i = 0; i < 100 && inbound.length === 0; i++)
+      await new Promise((r) => setTimeout(r, 20))
+    return { sender, receiver: inbound.shift()! }
+  }
+
+  it('should hold a fast sender to about one window while the reader keeps stalling', async () => {
+    const { sender, receiver } = await pair()
+    const duplex = toDuplex(receiver)
+    const writer = toDuplex(sender)
+    const total = 256 * MiB
+    const block = Buffer.alloc(MiB)
+    let written = 0
+    const pump = (): void => {
+      while (written < total) {
+        written += block.length
+        if (!writer.write(block)) {
+          writer.once('drain', pump)
+          return
+        }
+      }
+      writer.end()
+    }
+    pump()
+
+    // Each stall lets the stream's buffer fill, and each resume must not
+    // reopen the window while the reader is still paused.
+    let received = 0
+    let nextStall = 8 * MiB
+    let peak = 0
+    duplex.on('data', (chunk: Buffer) => {
+      received += chunk.length
+      peak = Math.max(peak, receiver.readBufferLength)
+      if (received >= nextStall) {
+        nextStall += 8 * MiB
+        duplex.pause()
+        setTimeout(() => duplex.resume(), 20)
+      }
+    })
+    await new Promise<void>((resolve, reject) => {
+      duplex.on('end', resolve)
+      duplex.on('error', reject)
+    })
+
+    expect(received).toBe(total + 1)
+    expect(peak).toBeLessThanOrEqual(STREAM_WINDOW_BYTES + MiB)
+  }, 120_000)
+
+  it('should report an aborted stream as an error, never as a clean end', async () => {
+    const { receiver } = await pair()
+    const duplex = toDuplex(receiver)
+    const sink = new Writable({ write: (_chunk, _encoding, callback) => callback() })
+    const piped = pipeline(duplex, sink).then(
+      () => 'end',
+      () => 'error',
+    )
+    await new Promise((r) => setTimeout(r, 50))
+    receiver.abort(new Error('read buffer overflow'))
+    expect(await piped).toBe('error')
+  })
+})
