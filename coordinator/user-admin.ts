@@ -10,7 +10,6 @@
  *   the mesh tickets they hold (agents drop those connections on their
  *   next heartbeat); deletion also deletes their API tokens.
  */
-import { randomUUID } from 'node:crypto'
 import type {
   ChangePasswordRequest,
   CreateUserRequest,
@@ -24,7 +23,7 @@ import type { UserRecord } from './records.ts'
 import { hashPassword, verifyPassword } from './secrets.ts'
 import type { Store } from './store.ts'
 import type { ApiTokens } from './tokens.ts'
-import { assertUsername, USERS_LOCK, type Users } from './users.ts'
+import { assertUsername, insertUser, USERS_LOCK, type Users } from './users.ts'
 
 export interface UserAdminComponents {
   store: Store
@@ -119,21 +118,13 @@ export function createUserAdmin(components: UserAdminComponents): UserAdmin {
           throw new MeshError('MESH_USER_EXISTS', `A user with email ${email} already exists.`)
         }
 
-        const record: UserRecord = {
-          id: randomUUID(),
+        const record = await insertUser(store, {
           username: request.username,
           email,
-          roles: [...new Set(request.roles ?? ['member'])],
-          passwordHash: await hashPassword(request.password),
-          status: 'active',
+          roles: request.roles ?? ['member'],
+          password: request.password,
           createdAt: new Date(now()).toISOString(),
-        }
-        await store
-          .batch()
-          .put(store.users, record.id, record)
-          .put(store.usernames, record.username, record.id)
-          .put(store.emails, record.email, record.id)
-          .write({ sync: true })
+        })
         log.info({ user_id: record.id, username: record.username }, 'user created')
         return record
       })

@@ -108,6 +108,39 @@ export function assertUsername(username: string): void {
   }
 }
 
+export interface NewUser {
+  username: string
+  /** Stored lowercased, as the email index is. */
+  email: string
+  roles: string[]
+  password: string
+  createdAt: string
+}
+
+/**
+ * Writes a new active user and its username and email index entries in one
+ * synced batch. Callers hold USERS_LOCK and have checked that neither the
+ * username nor the email is taken.
+ */
+export async function insertUser(store: Store, user: NewUser): Promise<UserRecord> {
+  const record: UserRecord = {
+    id: randomUUID(),
+    username: user.username,
+    email: user.email.toLowerCase(),
+    roles: [...new Set(user.roles)],
+    passwordHash: await hashPassword(user.password),
+    status: 'active',
+    createdAt: user.createdAt,
+  }
+  await store
+    .batch()
+    .put(store.users, record.id, record)
+    .put(store.usernames, record.username, record.id)
+    .put(store.emails, record.email, record.id)
+    .write({ sync: true })
+  return record
+}
+
 export function createUsers(components: UsersComponents): Users {
   const { store, locks, tokens, limits } = components
   const log = components.log.child({ component: 'users' })
@@ -135,21 +168,13 @@ export function createUsers(components: UsersComponents): Users {
           throw new MeshError('MESH_FIRST_USER_EXISTS', 'The first user already exists; log in.')
         }
 
-        const record: UserRecord = {
-          id: randomUUID(),
+        const record = await insertUser(store, {
           username: request.username,
-          email: request.email.toLowerCase(),
+          email: request.email,
           roles: ['owner'],
-          passwordHash: await hashPassword(request.password),
-          status: 'active',
+          password: request.password,
           createdAt: new Date(now()).toISOString(),
-        }
-        await store
-          .batch()
-          .put(store.users, record.id, record)
-          .put(store.usernames, record.username, record.id)
-          .put(store.emails, record.email, record.id)
-          .write({ sync: true })
+        })
         log.info({ user_id: record.id, username: record.username }, 'first user created')
         return record
       })
