@@ -54,20 +54,12 @@ export function cleanEnv(home: string, configDir: string): Record<string, string
   return env
 }
 
-async function spawnServer(
-  dataDir: string,
-  env: Record<string, string>,
-  address: string,
-): Promise<{ url: string; process: ResultPromise }> {
-  const child = execa(BIN, ['server', '--address', address, '--data-dir', dataDir], {
-    env,
-    extendEnv: false,
-    reject: false,
-    buffer: false,
-    stdin: 'ignore',
-  })
-
-  const url = await new Promise<string>((resolve, reject) => {
+/**
+ * The URL a starting `coder-mesh server` prints ("listening on URL"); rejects
+ * when it exits first or says nothing within 30 s.
+ */
+export function serverUrl(child: ResultPromise): Promise<string> {
+  return new Promise<string>((resolve, reject) => {
     let seen = ''
     const timer = setTimeout(() => reject(new Error(`server did not start: ${seen}`)), 30_000)
     child.stdout?.on('data', (chunk: Buffer) => {
@@ -86,7 +78,22 @@ async function spawnServer(
       reject(new Error(`server exited ${r.exitCode}: ${seen}`))
     })
   })
-  return { url, process: child }
+}
+
+async function spawnServer(
+  dataDir: string,
+  env: Record<string, string>,
+  address: string,
+): Promise<{ url: string; process: ResultPromise }> {
+  const child = execa(BIN, ['server', '--address', address, '--data-dir', dataDir], {
+    env,
+    extendEnv: false,
+    reject: false,
+    buffer: false,
+    stdin: 'ignore',
+  })
+
+  return { url: await serverUrl(child), process: child }
 }
 
 export async function startTestServer(): Promise<TestServer> {

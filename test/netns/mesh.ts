@@ -6,7 +6,7 @@
 import type { ResultPromise } from 'execa'
 import { copyFile, mkdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { BIN, OWNER, ROOT, type CliResult } from '../harness.ts'
+import { BIN, OWNER, ROOT, serverUrl, type CliResult } from '../harness.ts'
 import type { Host, Topology } from './topology.ts'
 
 /** The Node 22 the package carries (the system's may be older). */
@@ -47,26 +47,7 @@ async function spawnServer(
     buffer: false,
     stdin: 'ignore',
   })
-  const url = await new Promise<string>((resolve, reject) => {
-    let seen = ''
-    const timer = setTimeout(() => reject(new Error(`server did not start: ${seen}`)), 30_000)
-    child.stdout?.on('data', (chunk: Buffer) => {
-      seen += chunk.toString()
-      const match = /listening on (http:\/\/\S+)/.exec(seen)
-      if (match?.[1] !== undefined) {
-        clearTimeout(timer)
-        resolve(match[1])
-      }
-    })
-    child.stderr?.on('data', (chunk: Buffer) => {
-      if (process.env.E2E_VERBOSE !== undefined) process.stderr.write(chunk)
-    })
-    void child.then((r) => {
-      clearTimeout(timer)
-      reject(new Error(`server exited ${r.exitCode}: ${seen}`))
-    })
-  })
-  return { url, process: child }
+  return { url: await serverUrl(child), process: child }
 }
 
 /** Starts `coder-mesh server --address IP:PORT` inside `host`. */
