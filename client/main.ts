@@ -7,8 +7,10 @@
 import { Command } from 'commander'
 import { readFileSync, realpathSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
+import { ENV_CONFIG_DIR } from '../sdk/config.ts'
 import { isVerbose, lifetime } from './cli.ts'
 import { registerAuditCommand } from './commands/audit.ts'
+import { registerConfigSshCommand } from './commands/config-ssh.ts'
 import { registerLoginCommands } from './commands/login.ts'
 import { registerMeshCommands } from './commands/mesh.ts'
 import { registerServerCommands } from './commands/server.ts'
@@ -31,6 +33,7 @@ export function buildProgram(): Command {
     .description('Remote development workspaces from Terraform templates, over a libp2p mesh.')
     .version(packageVersion(), '--version', 'print the version')
     .option('--verbose', 'print error details')
+    .option('--global-config <dir>', `the CLI's config folder (as ${ENV_CONFIG_DIR})`)
     .showHelpAfterError('(run with --help for usage)')
     .addHelpText(
       'after',
@@ -48,6 +51,7 @@ export function buildProgram(): Command {
   registerTemplateCommands(program)
   registerWorkspaceCommands(program)
   registerSshCommand(program)
+  registerConfigSshCommand(program)
   registerMeshCommands(program)
   registerUserCommands(program)
   registerTokenCommands(program)
@@ -66,8 +70,11 @@ export async function main(argv: string[] = process.argv): Promise<number | unde
   }
   process.on('uncaughtException', crash)
   process.on('unhandledRejection', crash)
-  program.hook('preAction', (_root, action) => {
+  program.hook('preAction', (root, action) => {
     verbose = isVerbose(action)
+    // Before any action reads it; config-ssh writes it into ProxyCommand.
+    const dir = root.opts<{ globalConfig?: string }>().globalConfig
+    if (dir !== undefined) process.env[ENV_CONFIG_DIR] = dir
   })
   try {
     await program.parseAsync(argv)

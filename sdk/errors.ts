@@ -47,6 +47,8 @@ export const ERROR_STATUS = {
   MESH_NOT_A_COORDINATOR: 0,
   /** The CLI cannot save its session in the config folder. */
   MESH_CONFIG_UNWRITABLE: 0,
+  /** config-ssh found its block's marker lines out of order, doubled or missing. */
+  MESH_SSH_CONFIG_MALFORMED: 0,
 } as const
 
 export type ErrorCode = keyof typeof ERROR_STATUS

@@ -4,7 +4,8 @@
  * mesh from both OpenSSH and the coder-mesh CLI.
  */
 import pty from '@lydell/node-pty'
-import { readFile } from 'node:fs/promises'
+import { execa } from 'execa'
+import { mkdir, readFile, writeFile } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import { ApiClient } from '../sdk/api-client.ts'
 import { SSH_PROTOCOL } from '../netstack/constants.ts'
@@ -68,6 +69,32 @@ describe('workspace lifecycle over the mesh', () => {
 
     const seven = await server.ssh('dev', 'exit 7')
     expect(seven.exitCode).toBe(7)
+  })
+
+  it('should reach the workspace as coder-mesh.dev after config-ssh, keeping user entries', async () => {
+    const file = join(server.home, '.ssh', 'config')
+    await mkdir(dirname(file), { recursive: true, mode: 0o700 })
+    const mine = 'Host mine\n  HostName keep-me.example.test\n'
+    await writeFile(file, mine)
+
+    const r = await server.cli(['config-ssh', '-y'])
+    expect(r.exitCode).toBe(0)
+    expect(r.stderr).toContain('coder-mesh.dev')
+    const written = await readFile(file, 'utf8')
+    expect(written.startsWith(mine)).toBe(true)
+
+    const ssh = await execa('ssh', ['-F', file, 'coder-mesh.dev', 'echo via-config'], {
+      env: server.env,
+      extendEnv: false,
+      reject: false,
+      timeout: 60_000,
+    })
+    expect(ssh.stderr).toBe('')
+    expect(ssh.stdout.trim()).toBe('via-config')
+
+    const again = await server.cli(['config-ssh', '-y'])
+    expect(again.stderr).toContain('already up to date')
+    expect(await readFile(file, 'utf8')).toBe(written)
   })
 
   it('should run commands through coder-mesh ssh with the remote exit status', async () => {
