@@ -9,7 +9,7 @@ import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { startServer, type RunningServer } from '../coordinator/server.ts'
-import { PASSWORD, stubProvision } from '../coordinator/testing.ts'
+import { PASSWORD } from '../coordinator/testing.ts'
 import { ApiClient } from '../sdk/api-client.ts'
 import { createLogger } from '../sdk/logger.ts'
 import { parseSince } from './commands/audit.ts'
@@ -72,7 +72,6 @@ describe('coder-mesh users, tokens and audit', () => {
       dataDir: join(base, 'data'),
       p2pListen: ['/ip4/127.0.0.1/tcp/0'],
       log: createLogger('mesh:test', 'silent'),
-      provision: stubProvision().provision,
     })
     const api = new ApiClient({ url: server.url })
     await api.createFirstUser({ username: 'alice', email: 'a@example.com', password: PASSWORD })

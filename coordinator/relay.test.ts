@@ -6,11 +6,10 @@ import { importTicketPublicKey, verifyTicket } from '../netstack/ticket.ts'
 import { AGENT_CONNECTED_WINDOW } from './constants.ts'
 import { createRelayGater, createRelayPolicy } from './relay.ts'
 import {
-  stubProvision,
-  templateBody,
+  openProbe,
   testCoordinator,
   waitForBuild,
-  type StubProvision,
+  type Probe,
   type TestCoordinator,
 } from './testing.ts'
 
@@ -67,28 +66,31 @@ describe('relay gater', () => {
 
 describe('agents and tickets', () => {
   let t: TestCoordinator
-  let stub: StubProvision
+  // Builds run the real terraform on the probe template, which hands over
+  // the agent token each build received.
+  let probe: Probe
   let token: string
   let agentToken: string
   let agentPeer: string
 
   beforeAll(async () => {
-    stub = stubProvision()
-    t = await testCoordinator({ provision: stub.provision })
+    probe = await openProbe()
+    t = await testCoordinator()
     token = await t.owner()
-    await t.call('POST', '/api/v1/templates/local/versions', { token, body: templateBody() })
+    await t.call('POST', '/api/v1/templates/local/versions', { token, body: probe.template })
     const res = await t.call('POST', '/api/v1/workspaces', {
       token,
       body: { name: 'dev', template: 'local' },
     })
     await waitForBuild(t, token, res.json.build.id)
-    agentToken = stub.jobs.at(-1)!.variables.coder_mesh_agent_token!
+    agentToken = await probe.agentToken('dev')
     agentPeer = (await randomPeer()).toString()
   })
 
   afterAll(async () => {
     for (const body of t.bodies) expect(body).not.toContain('    at ')
     await t.cleanup()
+    await probe.cleanup()
   })
 
   function register(bearer: string, peerId = agentPeer) {
@@ -195,7 +197,7 @@ describe('agents and tickets', () => {
       body: { transition: 'start' },
     })
     await waitForBuild(t, token, start.json.id)
-    const fresh = stub.jobs.at(-1)!.variables.coder_mesh_agent_token!
+    const fresh = await probe.agentToken('dev')
     expect(fresh).not.toBe(agentToken)
     expect((await register(agentToken)).status).toBe(401)
     expect((await register(fresh)).status).toBe(200)
@@ -205,17 +207,17 @@ describe('agents and tickets', () => {
 describe('tickets for an agent that went silent', () => {
   it('should refuse /connect with 409 MESH_AGENT_NOT_CONNECTED, saying when it was last seen', async () => {
     let ms = Date.parse('2030-01-01T12:00:00.000Z')
-    const stub = stubProvision()
-    const t = await testCoordinator({ provision: stub.provision, now: () => ms })
+    const probe = await openProbe()
+    const t = await testCoordinator({ now: () => ms })
     try {
       const token = await t.owner()
-      await t.call('POST', '/api/v1/templates/local/versions', { token, body: templateBody() })
+      await t.call('POST', '/api/v1/templates/local/versions', { token, body: probe.template })
       const created = await t.call('POST', '/api/v1/workspaces', {
         token,
         body: { name: 'dev', template: 'local' },
       })
       await waitForBuild(t, token, created.json.build.id)
-      const agentToken = stub.jobs.at(-1)!.variables.coder_mesh_agent_token!
+      const agentToken = await probe.agentToken('dev')
       const registered = await t.call('POST', '/api/v1/agent/register', {
         token: agentToken,
         body: { peerId: (await randomPeer()).toString(), addrs: [], version: '0.1.0' },
@@ -247,6 +249,7 @@ describe('tickets for an agent that went silent', () => {
       expect((await connect()).json.message).toContain('last seen 3 hours ago')
     } finally {
       await t.cleanup()
+      await probe.cleanup()
     }
   })
 })

@@ -3,7 +3,8 @@
  * HTTP, heartbeat shortened to 1 s) and a real agent (agent/index.ts); the
  * agent learns the revoked client peer in its next heartbeat answer, closes
  * that client's connection and refuses its old ticket, while another user's
- * connection to the same agent stays up.
+ * connection to the same agent stays up. Builds run the real terraform on
+ * the probe template, which hands over the agent token the build received.
  */
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
@@ -19,7 +20,7 @@ import { ApiClient } from '../sdk/api-client.ts'
 import type { ConnectResponse } from '../sdk/api-types.ts'
 import { createLogger } from '../sdk/logger.ts'
 import { startServer, type RunningServer } from './server.ts'
-import { PASSWORD, stubProvision, templateBody } from './testing.ts'
+import { openProbe, PASSWORD, type Probe } from './testing.ts'
 
 const silent = createLogger('mesh:test', 'silent')
 
@@ -42,7 +43,7 @@ async function eventually(what: string, check: () => boolean, ms = 30_000): Prom
 }
 
 describe('ticket revocation on suspension', () => {
-  const stub = stubProvision()
+  let probe: Probe
   const nodes: MeshNode[] = []
   let server: RunningServer
   let agent: RunningAgent
@@ -71,6 +72,7 @@ describe('ticket revocation on suspension', () => {
   }
 
   beforeAll(async () => {
+    probe = await openProbe()
     dataDir = await mkdtemp(join(tmpdir(), 'mesh-revoke-'))
     agentDir = await mkdtemp(join(tmpdir(), 'mesh-revoke-agent-'))
     server = await startServer({
@@ -78,13 +80,12 @@ describe('ticket revocation on suspension', () => {
       dataDir,
       p2pListen: ['/ip4/127.0.0.1/tcp/0'],
       log: silent,
-      provision: stub.provision,
       heartbeatSeconds: 1,
     })
     admin = new ApiClient({ url: server.url })
     await admin.createFirstUser({ username: 'alice', email: 'a@example.com', password: PASSWORD })
     admin.token = (await admin.login('alice', PASSWORD)).sessionToken
-    await admin.pushTemplate('local', templateBody())
+    await admin.pushTemplate('local', probe.template)
     await admin.createUser({ username: 'bob', email: 'b@example.com', password: PASSWORD })
     bob = new ApiClient({ url: server.url })
     bob.token = (await bob.login('bob', PASSWORD)).sessionToken
@@ -93,7 +94,7 @@ describe('ticket revocation on suspension', () => {
     for await (const event of bob.followBuildLogs(build.id)) {
       if (event.type === 'build') expect(event.build.status).toBe('succeeded')
     }
-    const agentToken = stub.jobs.at(-1)!.variables.coder_mesh_agent_token!
+    const agentToken = await probe.agentToken('dev')
     agent = await startAgent({
       url: server.url,
       token: agentToken,
@@ -117,6 +118,7 @@ describe('ticket revocation on suspension', () => {
     await server?.close()
     await rm(dataDir, { recursive: true, force: true })
     await rm(agentDir, { recursive: true, force: true })
+    await probe?.cleanup()
   })
 
   it("should close a suspended user's open mesh connection on the agent's next heartbeat", async () => {

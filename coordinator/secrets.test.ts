@@ -3,13 +3,14 @@
  * issues an agent token, no password or token is in the data folder in any
  * usable form: not raw, not base64 or hex, not the token's random bytes,
  * neither in the files as written (LevelDB may compress blocks) nor in the
- * records read back through LevelDB.
+ * records read back through LevelDB. The build runs the real terraform, on a
+ * template that hands the agent token to a local-exec (the probe).
  */
 import { Level } from 'level'
 import { readdir, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
-import { PASSWORD, stubProvision, templateBody, testCoordinator, waitForBuild } from './testing.ts'
+import { openProbe, PASSWORD, testCoordinator, waitForBuild } from './testing.ts'
 
 async function filesUnder(dir: string): Promise<string[]> {
   const out: string[] = []
@@ -37,8 +38,8 @@ function forms(secret: string): Buffer[] {
 
 describe('secrets at rest', () => {
   it('should keep no password or token in the data folder in a usable form', async () => {
-    const stub = stubProvision()
-    const t = await testCoordinator({ provision: stub.provision })
+    const probe = await openProbe()
+    const t = await testCoordinator()
     const secrets: string[] = [PASSWORD, 'another password 42']
 
     const owner = await t.owner()
@@ -57,13 +58,13 @@ describe('secrets at rest', () => {
       secrets.push(res.json.token)
       await t.call('GET', '/api/v1/users/me', { token: res.json.token })
     }
-    await t.call('POST', '/api/v1/templates/local/versions', { token: owner, body: templateBody() })
+    await t.call('POST', '/api/v1/templates/local/versions', { token: owner, body: probe.template })
     const ws = await t.call('POST', '/api/v1/workspaces', {
       token: bob,
       body: { name: 'dev', template: 'local' },
     })
-    await waitForBuild(t, bob, ws.json.build.id)
-    secrets.push(stub.jobs.at(-1)!.variables.coder_mesh_agent_token!)
+    expect((await waitForBuild(t, bob, ws.json.build.id)).status).toBe('succeeded')
+    secrets.push(await probe.agentToken('dev'))
     // A wrong password typed at login must not be kept either.
     await t.call('POST', '/api/v1/users/login', {
       body: { username: 'bob', password: 'typo password 7' },
@@ -99,5 +100,6 @@ describe('secrets at rest', () => {
     }
     expect(records).toBeGreaterThan(10)
     await t.cleanup()
+    await probe.cleanup()
   })
 })

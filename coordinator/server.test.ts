@@ -13,12 +13,12 @@ import { dialAgent } from '../netstack/dial.ts'
 import { createMeshNode } from '../netstack/node.ts'
 import { parseAddress, startServer, type RunningServer } from './server.ts'
 import {
-  deferred,
+  openProbe,
   PASSWORD,
-  stubProvision,
   templateBody,
   testCoordinator,
   waitForBuild,
+  type Probe,
 } from './testing.ts'
 
 const silent = createLogger('mesh:coordinator:test', 'silent')
@@ -75,58 +75,49 @@ describe('coordinator restarts', () => {
   })
 
   it('should cancel running builds at close once the grace period ends', async () => {
-    const stub = stubProvision()
-    const t = await testCoordinator({ provision: stub.provision })
+    const probe = await openProbe()
+    const t = await testCoordinator()
     const token = await t.owner()
-    await t.call('POST', '/api/v1/templates/local/versions', { token, body: templateBody() })
+    await t.call('POST', '/api/v1/templates/local/versions', { token, body: probe.template })
 
-    const started = deferred()
-    stub.behave = (_job, options) =>
-      new Promise((resolve) => {
-        started.resolve()
-        options.signal?.addEventListener('abort', () => resolve({ ok: false, error: 'canceled' }))
-      })
+    // Held at the gate for good: only the cancel ends its terraform apply.
+    await probe.hold('dev')
     const created = await t.call('POST', '/api/v1/workspaces', {
       token,
       body: { name: 'dev', template: 'local' },
     })
-    await started.promise
+    await probe.held('dev')
     await t.close()
 
     const reopened = await testCoordinator({ dataDir: t.dataDir })
     try {
       const res = await reopened.call('GET', `/api/v1/builds/${created.json.build.id}`, { token })
-      expect(res.json).toMatchObject({ status: 'failed', error: 'canceled' })
+      expect(res.json).toMatchObject({ status: 'failed', error: 'terraform apply: canceled' })
     } finally {
       await reopened.cleanup()
+      await probe.cleanup()
     }
   })
 })
 
 describe('shutdown', () => {
   it('should take no new work once closing: a build asked for then fails with a reason', async () => {
-    const stub = stubProvision()
-    const t = await testCoordinator({ provision: stub.provision })
+    const probe = await openProbe()
+    const t = await testCoordinator()
     const token = await t.owner()
-    await t.call('POST', '/api/v1/templates/local/versions', { token, body: templateBody() })
+    await t.call('POST', '/api/v1/templates/local/versions', { token, body: probe.template })
     const first = await t.call('POST', '/api/v1/workspaces', {
       token,
       body: { name: 'one', template: 'local' },
     })
     await waitForBuild(t, token, first.json.build.id)
 
-    const started = deferred()
-    const release = deferred()
-    stub.behave = async () => {
-      started.resolve()
-      await release.promise
-      return { ok: true }
-    }
+    await probe.hold('two')
     const running = await t.call('POST', '/api/v1/workspaces', {
       token,
       body: { name: 'two', template: 'local' },
     })
-    await started.promise
+    await probe.held('two')
 
     const closed = t.close()
     expect((await t.call('GET', '/readyz')).status).toBe(503)
@@ -136,7 +127,7 @@ describe('shutdown', () => {
       body: { transition: 'stop' },
     })
     expect(late.status).toBe(201)
-    release.resolve()
+    await probe.release('two')
     await closed
 
     const reopened = await testCoordinator({ dataDir: t.dataDir })
@@ -152,6 +143,7 @@ describe('shutdown', () => {
       expect(finished.json.status).toBe('succeeded')
     } finally {
       await reopened.cleanup()
+      await probe.cleanup()
     }
   })
 })
@@ -181,16 +173,16 @@ describe('startServer', () => {
   let server: RunningServer
   let dataDir: string
   let client: ApiClient
-  const stub = stubProvision()
+  let probe: Probe
 
   beforeAll(async () => {
+    probe = await openProbe()
     dataDir = await mkdtemp(join(tmpdir(), 'mesh-server-'))
     server = await startServer({
       address: '127.0.0.1:0',
       dataDir,
       p2pListen: ['/ip4/127.0.0.1/tcp/0'],
       log: silent,
-      provision: stub.provision,
     })
     client = new ApiClient({ url: server.url })
     await client.createFirstUser({ username: 'alice', email: 'a@example.com', password: PASSWORD })
@@ -200,6 +192,7 @@ describe('startServer', () => {
   afterAll(async () => {
     await server?.close()
     await rm(dataDir, { recursive: true, force: true })
+    await probe?.cleanup()
   })
 
   it('should serve the API on a free port and report its relay addresses', async () => {
@@ -210,12 +203,13 @@ describe('startServer', () => {
   })
 
   it('should stream a build log over HTTP to the final build event', async () => {
-    await client.pushTemplate('local', templateBody())
+    await client.pushTemplate('local', probe.template)
     const { build } = await client.createWorkspace({ name: 'dev', template: 'local' })
     const events: BuildLogEvent[] = []
     for await (const event of client.followBuildLogs(build.id)) events.push(event)
     expect(events.at(-1)).toMatchObject({ type: 'build', build: { status: 'succeeded' } })
-    expect(events.some((e) => e.type === 'log' && e.text === 'start done')).toBe(true)
+    const texts = events.flatMap((e) => (e.type === 'log' ? [e.text] : []))
+    expect(texts).toContain('Apply complete! Resources: 1 added, 0 changed, 0 destroyed.')
   })
 
   it('should relay only for registered agents, and only to clients holding a ticket', async () => {
@@ -227,7 +221,7 @@ describe('startServer', () => {
 
     const agentKey = await generateKeyPair('Ed25519')
     const agentPeer = peerIdFromPrivateKey(agentKey).toString()
-    const agentToken = stub.jobs.at(-1)!.variables.coder_mesh_agent_token!
+    const agentToken = await probe.agentToken('dev')
     const agentApi = new ApiClient({ url: server.url, token: agentToken })
     await agentApi.registerAgent({ peerId: agentPeer, addrs: [], version: 'test' })
     const agent = await createMeshNode({

@@ -1,13 +1,14 @@
 /**
  * Fixtures for the coordinator's tests: a coordinator on a temporary data
- * folder with a silent logger, a stub provisioner the test controls, and
- * request helpers over `app.request()`.
+ * folder with a silent logger and the real provisioner (real `terraform`),
+ * request helpers over `app.request()`, and templates whose builds a test
+ * can hold, fail and look into (see `openProbe`).
  */
-import { mkdtemp, rm } from 'node:fs/promises'
+import { existsSync } from 'node:fs'
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { Hono } from 'hono'
-import type { ProvisionJob, ProvisionOptions, ProvisionResult } from '../provisioner/index.ts'
 import { createLogger } from '../sdk/logger.ts'
 import { createApp } from './api.ts'
 import type { ProvisionFn } from './builds.ts'
@@ -54,6 +55,7 @@ export interface Called {
 }
 
 export interface TestInit {
+  /** Default: the real provisioner, running terraform. */
   provision?: ProvisionFn
   dataDir?: string
   loginLimits?: LoginLimitsInit
@@ -68,7 +70,8 @@ export async function testCoordinator(init: TestInit = {}): Promise<TestCoordina
     accessUrl: 'http://127.0.0.1:7080',
     p2pListen: ['/ip4/127.0.0.1/tcp/0'],
     log: createLogger('mesh:coordinator:test', 'silent'),
-    provision: init.provision ?? stubProvision().provision,
+    // Undefined: the coordinator's own default, the real provisioner.
+    provision: init.provision,
     buildGrace: 2000,
     loginLimits: init.loginLimits,
     heartbeatSeconds: init.heartbeatSeconds,
@@ -139,35 +142,6 @@ export async function testCoordinator(init: TestInit = {}): Promise<TestCoordina
   }
 }
 
-export interface StubProvision {
-  provision: ProvisionFn
-  jobs: ProvisionJob[]
-  /** What the next builds do; default: log one line and succeed. */
-  behave: (job: ProvisionJob, options: ProvisionOptions) => Promise<ProvisionResult>
-}
-
-export function stubProvision(): StubProvision {
-  const stub: StubProvision = {
-    jobs: [],
-    behave: async (job, options) => {
-      options.onLog({ source: 'stdout', text: `${job.transition} done` })
-      return { ok: true, state: Buffer.from(`state after ${job.transition}`) }
-    },
-    provision: (job, options) => {
-      stub.jobs.push(job)
-      return stub.behave(job, options)
-    },
-  }
-  return stub
-}
-
-/** A promise with its resolve exposed. */
-export function deferred<T = void>(): { promise: Promise<T>; resolve: (value: T) => void } {
-  let resolve!: (value: T) => void
-  const promise = new Promise<T>((r) => (resolve = r))
-  return { promise, resolve }
-}
-
 /** A tiny valid template: one file, base64. */
 export function templateBody(text = 'variable "coder_mesh_url" {}\n') {
   return { files: [{ path: 'main.tf', content: Buffer.from(text).toString('base64') }] }
@@ -181,4 +155,138 @@ export async function waitForBuild(t: TestCoordinator, token: string, id: string
     await new Promise((r) => setTimeout(r, 50))
   }
   throw new Error(`build ${id} did not finish`)
+}
+
+/** Templates whose builds fail in the real terraform, each at one step. */
+export const FAILING_TEMPLATES = {
+  /** Passes the push checks; `terraform init` fails on it. */
+  init: 'resource "terraform_data" {\n',
+  /** Its apply fails: the local-exec exits 1. */
+  apply: `
+resource "terraform_data" "fails" {
+  provisioner "local-exec" {
+    command = "echo this apply fails on purpose; exit 1"
+  }
+}
+`,
+  /** Applies; its destroy fails, leaving the resource in the state. */
+  destroy: `
+resource "terraform_data" "stuck" {
+  provisioner "local-exec" {
+    when    = destroy
+    command = "echo this destroy fails on purpose; exit 1"
+  }
+}
+`,
+}
+
+/**
+ * A template that reports what each build of it received, and a gate to hold
+ * its builds at. Every apply (start and stop) writes, under
+ * `<dir>/<workspace name>/`: `agent-token`, the token the build got (empty
+ * for a stop); `env`, terraform's environment, so its TF_VAR_ variables;
+ * `workdir`, the folder terraform ran in.
+ */
+export interface Probe {
+  dir: string
+  /** The probe template, as the body of a template version push. */
+  template: ReturnType<typeof templateBody>
+  /** The agent token the last apply of `workspace` received ('' after a stop). */
+  agentToken(workspace: string): Promise<string>
+  /** The TF_VAR_<name> values the last apply of `workspace` ran with, by name. */
+  variables(workspace: string): Promise<Record<string, string>>
+  /** The working directory of the last apply of `workspace`. */
+  workdir(workspace: string): Promise<string>
+  /** Makes the next apply of `workspace` wait at the gate until `release`. */
+  hold(workspace: string): Promise<void>
+  /** Resolves once an apply of `workspace` waits at the gate. */
+  held(workspace: string): Promise<void>
+  /** Whether an apply of `workspace` waits at the gate now. */
+  isHeld(workspace: string): boolean
+  /** Lets the held apply of `workspace` go on. */
+  release(workspace: string): Promise<void>
+  cleanup(): Promise<void>
+}
+
+/**
+ * The probe's HCL, writing under `dir` (a temporary folder, so it needs no
+ * quoting in HCL). Its only resources are built into terraform: init
+ * downloads no provider, so there is no plugin cache to share.
+ */
+function probeTemplateText(dir: string): string {
+  if (/["\\$%]/.test(dir)) throw new Error(`the probe cannot write under ${dir}`)
+  return `
+variable "coder_mesh_workspace_name" { type = string }
+variable "coder_mesh_agent_token" {
+  type      = string
+  sensitive = true
+}
+
+locals {
+  probe = "${dir}/\${var.coder_mesh_workspace_name}"
+}
+
+# Replaced on every apply, so that its local-execs run on each start and stop.
+resource "terraform_data" "probe" {
+  triggers_replace = timestamp()
+
+  # A local-exec of its own: terraform hides the output of one that uses a
+  # sensitive value, and the gate's lines below must show.
+  provisioner "local-exec" {
+    environment = { PROBE = local.probe, AGENT_TOKEN = var.coder_mesh_agent_token }
+    command     = "mkdir -p \\"$PROBE\\" && printf %s \\"$AGENT_TOKEN\\" > \\"$PROBE/agent-token\\""
+  }
+
+  provisioner "local-exec" {
+    environment = { PROBE = local.probe }
+    command     = <<-EOT
+      # Terraform's own environment: sh would drop names it cannot hold (a-b).
+      cp "/proc/$PPID/environ" "$PROBE/env"
+      pwd > "$PROBE/workdir"
+      if [ -e "$PROBE/hold" ]; then
+        echo "held at the gate"
+        touch "$PROBE/held"
+        # Ends with the probe's folder too: no shell outlives the test.
+        while [ -d "$PROBE" ] && [ ! -e "$PROBE/go" ]; do sleep 0.05; done
+        rm -f "$PROBE/hold" "$PROBE/held" "$PROBE/go"
+        echo "through the gate"
+      fi
+    EOT
+  }
+}
+`
+}
+
+export async function openProbe(): Promise<Probe> {
+  const dir = await mkdtemp(join(tmpdir(), 'mesh-probe-'))
+  const at = (workspace: string, file: string) => join(dir, workspace, file)
+  return {
+    dir,
+    template: templateBody(probeTemplateText(dir)),
+    agentToken: (workspace) => readFile(at(workspace, 'agent-token'), 'utf8'),
+    async variables(workspace) {
+      const env = await readFile(at(workspace, 'env'), 'utf8')
+      const out: Record<string, string> = {}
+      for (const entry of env.split('\0')) {
+        const match = /^TF_VAR_([^=]+)=(.*)$/s.exec(entry)
+        if (match !== null) out[match[1]!] = match[2]!
+      }
+      return out
+    },
+    workdir: async (workspace) => (await readFile(at(workspace, 'workdir'), 'utf8')).trim(),
+    async hold(workspace) {
+      await mkdir(join(dir, workspace), { recursive: true })
+      await writeFile(at(workspace, 'hold'), '')
+    },
+    async held(workspace) {
+      for (let i = 0; i < 1200; i++) {
+        if (existsSync(at(workspace, 'held'))) return
+        await new Promise((r) => setTimeout(r, 50))
+      }
+      throw new Error(`no build of ${workspace} reached the gate`)
+    },
+    isHeld: (workspace) => existsSync(at(workspace, 'held')),
+    release: (workspace) => writeFile(at(workspace, 'go'), ''),
+    cleanup: () => rm(dir, { recursive: true, force: true }),
+  }
 }
