@@ -23,8 +23,12 @@ describe('session helpers', () => {
     expect(clampDimension('80')).toBeUndefined()
   })
 
-  it('should allow only LANG and LC_* from clients', () => {
+  it('should allow only locale, terminal, TZ and GIT_PROTOCOL from clients', () => {
     expect(isAllowedClientEnv('LANG', 'C.UTF-8')).toBe(true)
+    expect(isAllowedClientEnv('COLORTERM', 'truecolor')).toBe(true)
+    expect(isAllowedClientEnv('TZ', 'Europe/Paris')).toBe(true)
+    expect(isAllowedClientEnv('GIT_PROTOCOL', 'version=2')).toBe(true)
+    expect(isAllowedClientEnv('BASH_ENV', '/tmp/x')).toBe(false)
     expect(isAllowedClientEnv('LC_ALL', 'C')).toBe(true)
     expect(isAllowedClientEnv('LC_MESSAGES', 'C')).toBe(true)
     expect(isAllowedClientEnv('LD_PRELOAD', '/x.so')).toBe(false)

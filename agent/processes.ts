@@ -77,10 +77,28 @@ export function sessionUser(): SessionUser {
   return { name, home, shell }
 }
 
-/** Environment variables a client may set with an `env` request: LANG and LC_*. */
+/**
+ * Variables a client may set with an `env` request, as sshd's AcceptEnv in
+ * Debian's sshd_config plus what terminals and git send (SendEnv): locale,
+ * terminal hints, time zone and git's protocol version. Anything else could
+ * change how the session's programs run (LD_PRELOAD, PATH, BASH_ENV).
+ */
+const CLIENT_ENV_NAMES = new Set([
+  'LANG',
+  'LANGUAGE',
+  'TERM',
+  'COLORTERM',
+  'NO_COLOR',
+  'TERM_PROGRAM',
+  'TERM_PROGRAM_VERSION',
+  'TZ',
+  'GIT_PROTOCOL',
+])
+
+/** Whether a client may set `key` to `value` with an `env` request (see CLIENT_ENV_NAMES). */
 export function isAllowedClientEnv(key: string, value: string): boolean {
   if (value.length > 4096 || value.includes('\0')) return false
-  return key === 'LANG' || /^LC_[A-Z]+$/.test(key)
+  return CLIENT_ENV_NAMES.has(key) || /^LC_[A-Z]+$/.test(key)
 }
 
 export interface SessionEnvInit {
@@ -105,8 +123,8 @@ export function sessionEnvironment(init: SessionEnvInit): Record<string, string>
     SHELL: init.user.shell,
   })
   delete env.TERM
-  if (init.term !== undefined) env.TERM = init.term
   Object.assign(env, init.clientEnv)
+  if (init.term !== undefined) env.TERM = init.term
   if (!Object.keys(env).some((k) => k === 'LANG' || k.startsWith('LC_'))) env.LC_CTYPE = 'C.UTF-8'
   return env
 }

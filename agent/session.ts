@@ -14,14 +14,29 @@
  * - hang-up: when the channel or connection goes away while the process
  *   runs, every process of the session gets SIGHUP, then SIGKILL after
  *   KILL_GRACE_MS.
- * Subsystem, X11, agent forwarding and signal requests are refused (ssh2
- * refuses whatever has no listener).
+ * - the `sftp` subsystem is served in process (sftp.ts); other subsystems
+ *   are refused (ssh2 refuses whatever has no listener).
+ * - `auth-agent-req` gives the process SSH_AUTH_SOCK (auth-agent.ts);
+ *   `signal` requests reach the session's processes; X11 is refused, and a
+ *   shell or command says why on stderr.
+ * - an interactive login (a shell on a PTY) starts with /etc/motd, unless
+ *   ~/.hushlogin exists, as sshd's PrintMotd.
  */
 import { spawn } from 'node:child_process'
+import { existsSync, readFileSync } from 'node:fs'
+import { join } from 'node:path'
 import type { Readable } from 'node:stream'
 import type { IPty } from '@lydell/node-pty'
-import type { PseudoTtyInfo, ServerChannel, Session, WindowChangeInfo } from 'ssh2'
+import type {
+  Connection,
+  PseudoTtyInfo,
+  ServerChannel,
+  Session,
+  SFTPWrapper,
+  WindowChangeInfo,
+} from 'ssh2'
 import type { Logger } from '../sdk/logger.ts'
+import { listenAuthAgent, type AgentSocket } from './auth-agent.ts'
 import { ChannelOutput, type OutputTarget } from './channel-output.ts'
 import {
   clampDimension,
@@ -31,8 +46,10 @@ import {
   sessionUser,
   signalName,
   signalNumber,
+  signalSession,
   terminateSession,
 } from './processes.ts'
+import { serveSftp } from './sftp.ts'
 
 export type PtyModule = typeof import('@lydell/node-pty')
 
@@ -55,9 +72,16 @@ const SSH_SIGNALS = new Set([
 
 const DEFAULT_COLS = 80
 const DEFAULT_ROWS = 24
+/** The message of the day shown on interactive logins. */
+const MOTD_FILE = '/etc/motd'
+/** Longest message of the day shown, in bytes. */
+const MOTD_MAX = 64 * 1024
+const X11_REFUSED = 'coder-mesh: X11 forwarding is not supported; use a port forward instead.\n'
 
 export interface SessionDeps {
   log: Logger
+  /** The SSH connection the session belongs to (agent forwarding opens channels on it). */
+  client: Connection
   /** node-pty, or undefined where it cannot load (then PTY requests are refused). */
   pty: PtyModule | undefined
 }
@@ -89,6 +113,9 @@ export function sendExitStatus(channel: ServerChannel, status: ExitStatus): void
 export class SshSession {
   private readonly log: Logger
   private readonly ptyModule: PtyModule | undefined
+  private readonly client: Connection
+  private agentSocket: Promise<AgentSocket | undefined> | undefined
+  private x11Refused = false
   private readonly clientEnv: Record<string, string> = {}
   private ptyRequest: PtyRequest | undefined
   private channel: ServerChannel | undefined
@@ -103,6 +130,7 @@ export class SshSession {
   constructor(session: Session, deps: SessionDeps) {
     this.log = deps.log
     this.ptyModule = deps.pty
+    this.client = deps.client
 
     session.on('env', (accept, reject, info) => {
       if (this.channel === undefined && isAllowedClientEnv(info.key, info.val)) {
@@ -120,6 +148,31 @@ export class SshSession {
     session.on('shell', (accept, reject) => {
       this.start(accept, reject, undefined)
     })
+    session.on('sftp', (accept, reject) => this.startSftp(accept, reject))
+    session.on('auth-agent', (accept, reject) => {
+      if (this.channel !== undefined || this.agentSocket !== undefined) {
+        reject?.()
+        return
+      }
+      this.agentSocket = listenAuthAgent(this.client, this.log).catch((err: unknown) => {
+        this.log.warn({ err }, 'could not make the forwarded agent socket')
+        return undefined
+      })
+      accept?.()
+    })
+    session.on('x11', (_accept, reject) => {
+      this.x11Refused = true
+      reject?.()
+    })
+    session.on('signal', (accept, reject, info) => {
+      const name = `SIG${info.name}` as NodeJS.Signals
+      if (this.sid === undefined || this.finished || signalNumber(info.name) === undefined) {
+        reject?.()
+        return
+      }
+      signalSession(this.sid, name)
+      accept?.()
+    })
     session.on('close', () => void this.terminate())
   }
 
@@ -130,6 +183,7 @@ export class SshSession {
   terminate(): Promise<void> {
     if (this.termination !== undefined) return this.termination
     this.output?.close()
+    void this.agentSocket?.then((socket) => socket?.close())
     const sid = this.sid
     if (sid === undefined || this.finished) {
       this.termination = Promise.resolve()
@@ -196,10 +250,19 @@ export class SshSession {
     channel.on('error', (err: Error) => this.log.debug({ err: err.message }, 'channel error'))
     channel.on('close', () => void this.terminate())
 
+    void this.run(command)
+  }
+
+  private async run(command: string | undefined): Promise<void> {
     const user = sessionUser()
     const pty = this.ptyRequest
     const args = command === undefined ? ['-l'] : ['-c', command]
     const env = sessionEnvironment({ user, clientEnv: this.clientEnv, term: pty?.term })
+    const agentSocket = await this.agentSocket
+    if (agentSocket !== undefined) env.SSH_AUTH_SOCK = agentSocket.path
+    if (this.x11Refused) await this.output!.write('stderr', Buffer.from(X11_REFUSED))
+    if (command === undefined && pty !== undefined) await this.showMotd(user.home)
+    if (this.termination !== undefined) return
     this.log.debug(
       { kind: command === undefined ? 'shell' : 'exec', pty: pty !== undefined, shell: user.shell },
       'session started',
@@ -214,6 +277,30 @@ export class SshSession {
     } catch (err) {
       void this.failToStart(user.shell, err)
     }
+  }
+
+  /** /etc/motd on the terminal, as sshd's PrintMotd, unless ~/.hushlogin exists. */
+  private async showMotd(home: string): Promise<void> {
+    let motd: Buffer
+    try {
+      if (existsSync(join(home, '.hushlogin'))) return
+      motd = readFileSync(MOTD_FILE).subarray(0, MOTD_MAX)
+    } catch {
+      return
+    }
+    if (motd.length === 0) return
+    // Written straight to the channel, past the terminal's LF -> CRLF.
+    await this.output!.write('stdout', Buffer.from(motd.toString('utf8').replace(/\r?\n/g, '\r\n')))
+  }
+
+  private startSftp(accept: () => SFTPWrapper, reject: (() => void) | undefined): void {
+    if (this.termination !== undefined || this.channel !== undefined) {
+      reject?.()
+      return
+    }
+    const sftp = accept()
+    this.log.debug('sftp session started')
+    serveSftp(sftp, { home: sessionUser().home, log: this.log })
   }
 
   private runOnPipes(file: string, args: string[], cwd: string, env: Record<string, string>): void {

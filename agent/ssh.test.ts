@@ -2,9 +2,10 @@ import { execFileSync } from 'node:child_process'
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import ssh2 from 'ssh2'
-import { describe, expect, it } from 'vitest'
+import ssh2, { type ClientChannel } from 'ssh2'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { loadOrCreateHostKey, newHostKey } from './ssh.ts'
+import { startLocalSsh, type LocalSsh } from './ssh-testing.ts'
 
 function hasSshKeygen(): boolean {
   try {
@@ -56,5 +57,48 @@ describe('SSH host key', () => {
     } finally {
       await rm(dir, { recursive: true, force: true })
     }
+  })
+})
+
+describe('SSH session requests', () => {
+  let local: LocalSsh
+
+  beforeAll(async () => {
+    local = await startLocalSsh()
+  })
+
+  afterAll(async () => {
+    await local?.close()
+  })
+
+  it('should deliver a signal request to the session process', async () => {
+    const channel = await new Promise<ClientChannel>((resolve, reject) =>
+      local.client.exec(
+        "trap 'kill $!; echo got-usr1; exit 9' USR1; echo ready; sleep 30 & wait",
+        (err, ch) => (err ? reject(err) : resolve(ch)),
+      ),
+    )
+    let out = ''
+    channel.on('data', (d: Buffer) => {
+      out += d.toString()
+      if (d.toString().includes('ready')) channel.signal('USR1')
+    })
+    const code = await new Promise<number>((resolve) => channel.on('exit', resolve))
+    expect(out).toContain('got-usr1')
+    expect(code).toBe(9)
+  })
+
+  it('should accept the env allow list and drop the rest', async () => {
+    const channel = await new Promise<ClientChannel>((resolve, reject) =>
+      local.client.exec(
+        'echo "$COLORTERM|$TZ|${BASH_ENV:-unset}"',
+        { env: { COLORTERM: 'truecolor', TZ: 'UTC', BASH_ENV: '/tmp/x' } },
+        (err, ch) => (err ? reject(err) : resolve(ch)),
+      ),
+    )
+    let out = ''
+    channel.on('data', (d: Buffer) => (out += d.toString()))
+    await new Promise((resolve) => channel.on('close', resolve))
+    expect(out).toBe('truecolor|UTC|unset\n')
   })
 })

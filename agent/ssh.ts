@@ -3,6 +3,9 @@
  * a socket. The stream is already authorized (its ticket is bound to the
  * client's Noise-authenticated peer id), so SSH authentication accepts
  * every attempt, `none` included.
+ *
+ * Per connection: sessions (session.ts: shells, commands, sftp, agent
+ * forwarding) and port forwarding both ways (ssh-forward.ts).
  */
 import { generateKeyPairSync, randomBytes } from 'node:crypto'
 import { createRequire } from 'node:module'
@@ -14,6 +17,7 @@ import ssh2, { type Connection } from 'ssh2'
 import type { MeshStreamContext } from '../netstack/serve.ts'
 import type { Logger } from '../sdk/logger.ts'
 import { SshSession, type PtyModule } from './session.ts'
+import { serveForwarding } from './ssh-forward.ts'
 
 export const HOST_KEY_FILE = 'ssh_host_ed25519_key'
 
@@ -161,8 +165,9 @@ export async function createSshService(init: SshServiceInit): Promise<SshService
     client.on('ready', () => connLog.debug({ user: context?.claims.user }, 'ssh connection ready'))
     client.on('session', (accept) => {
       const session = accept()
-      open.sessions.add(new SshSession(session, { log: connLog, pty }))
+      open.sessions.add(new SshSession(session, { log: connLog, pty, client }))
     })
+    serveForwarding(client, { log: connLog })
     client.on('error', (err: Error) => connLog.debug({ err: err.message }, 'ssh connection error'))
     client.on('close', () => {
       connections.delete(open)

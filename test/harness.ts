@@ -5,7 +5,7 @@
  */
 import pty, { type IPty } from '@lydell/node-pty'
 import { execa, type ResultPromise } from 'execa'
-import { mkdtemp, readdir, readFile, readlink, rm } from 'node:fs/promises'
+import { mkdir, mkdtemp, readdir, readFile, readlink, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -309,6 +309,88 @@ export function runOnTerminal(
         await new Promise((r) => setTimeout(r, 50))
       }
     },
+  }
+}
+
+/**
+ * Writes an OpenSSH client config in `dir` reaching every `coder-mesh.NAME`
+ * through the CLI as ProxyCommand (host keys not kept, no prompts), for
+ * `ssh -F`, `scp -F`, `sftp -F` and `rsync -e 'ssh -F ...'`; returns its path.
+ */
+export async function writeSshConfig(dir: string): Promise<string> {
+  await mkdir(dir, { recursive: true })
+  const file = join(dir, 'ssh_config')
+  const config = [
+    'Host coder-mesh.*',
+    `  ProxyCommand '${BIN}' ssh --stdio %h`,
+    '  StrictHostKeyChecking no',
+    '  UserKnownHostsFile /dev/null',
+    '  LogLevel ERROR',
+    '  BatchMode yes',
+    '',
+  ].join('\n')
+  await writeFile(file, config, { mode: 0o600 })
+  return file
+}
+
+/** A running workspace of the shipped `local` template, for OpenSSH tool tests. */
+export interface WorkspaceFixture {
+  server: TestServer
+  /** The OpenSSH host name: `coder-mesh.NAME`. */
+  host: string
+  /** The client config from writeSshConfig. */
+  sshConfig: string
+  /** Runs an OpenSSH tool (ssh, scp, sftp, rsync, ...) with the server user's environment. */
+  tool(
+    file: string,
+    args: string[],
+    options?: RunOptions & { env?: Record<string, string> },
+  ): Promise<CliResult>
+  /** Deletes the workspace, stops the server, removes every file. */
+  close(): Promise<void>
+}
+
+/** Starts a server, pushes the local template and creates workspace `name` on it. */
+export async function startWorkspaceFixture(name: string): Promise<WorkspaceFixture> {
+  const server = await startTestServer()
+  const close = async (): Promise<void> => {
+    await server.cli(['delete', name, '-y'])
+    await server.stop()
+    for (const pid of await processesUnder(server.dataDir)) process.kill(pid, 'SIGKILL')
+    await removeTree(join(server.dataDir, '..'))
+  }
+  try {
+    await loginOwner(server)
+    const push = await server.cli(['templates', 'push', 'local'])
+    if (push.exitCode !== 0) throw new Error(`templates push: ${push.stderr}`)
+    const create = await server.cli(['create', name, '--template', 'local', '-y'])
+    if (create.exitCode !== 0) throw new Error(`create: ${create.stderr}`)
+    // Until the agent registers, the CLI says "Waiting for the agent..." on stderr.
+    await waitFor('the agent to connect', async () => {
+      const show = await server.cli(['show', name, '-o', 'json'])
+      return show.exitCode === 0 && JSON.parse(show.stdout)?.agent?.connected === true
+    })
+  } catch (err) {
+    await close()
+    throw err
+  }
+  const sshConfig = await writeSshConfig(server.home)
+  return {
+    server,
+    host: `coder-mesh.${name}`,
+    sshConfig,
+    async tool(file, args, options = {}) {
+      const r = await execa(file, args, {
+        env: { ...server.env, ...options.env },
+        extendEnv: false,
+        reject: false,
+        input: options.input ?? '',
+        timeout: options.timeout ?? 120_000,
+        cwd: options.cwd,
+      })
+      return { exitCode: r.exitCode ?? -1, stdout: String(r.stdout), stderr: String(r.stderr) }
+    },
+    close,
   }
 }
 
