@@ -30,7 +30,7 @@ import {
   type AgentTarget,
 } from '../netstack/dial.ts'
 import { newPeerKey } from '../netstack/keys.ts'
-import { createMeshNode, type MeshNode } from '../netstack/node.ts'
+import { createMeshNode, meshWebrtc, type MeshNode } from '../netstack/node.ts'
 import type { ApiClient } from '../sdk/api-client.ts'
 import type { ConnectResponse, Workspace } from '../sdk/api-types.ts'
 import { HOUR, SECOND } from '../sdk/config.ts'
@@ -118,17 +118,25 @@ export async function openWorkspaceMesh(
   options: WorkspaceMeshOptions = {},
 ): Promise<WorkspaceMesh> {
   const notice = options.notice ?? ((line: string) => process.stderr.write(line + '\n'))
-  // The ticket request and the node's start-up go on side by side.
+  // The ticket request and the node's start-up go on side by side. WebRTC
+  // (to upgrade a relayed connection) uses the STUN servers of the latest
+  // connect answer; with a restricted path there is no upgrade to make.
+  const paths = options.paths ?? 'any'
+  const ice: { servers?: string[] } = {}
   const privateKey = await newPeerKey()
-  const starting = createMeshNode({ privateKey, listen: [] })
+  const starting = createMeshNode({
+    privateKey,
+    listen: [],
+    webrtc: paths === 'any' ? meshWebrtc(() => ice.servers) : false,
+  })
   starting.catch(() => undefined)
   let node: MeshNode | undefined
   try {
     const peerId = peerIdFromPrivateKey(privateKey).toString()
     const answer = await connectWithRetry(api, workspace, peerId, notice, options.signal)
     const receivedAt = Date.now()
+    ice.servers = answer.iceServers
     node = await starting
-    const paths = options.paths ?? 'any'
     const connection = await dialAgent(node, agentTarget(answer, paths), {
       signal: options.signal,
       upgrade: paths === 'any',
@@ -143,6 +151,9 @@ export async function openWorkspaceMesh(
       receivedAt,
       connection,
       paths,
+      onAnswer: (next) => {
+        ice.servers = next.iceServers ?? ice.servers
+      },
     })
   } catch (err) {
     node ??= await starting.catch(() => undefined)
@@ -161,6 +172,8 @@ interface MeshSessionInit {
   receivedAt: number
   connection: Connection
   paths: MeshPaths
+  /** Called with every later connect answer (renewals). */
+  onAnswer?: (answer: ConnectResponse) => void
 }
 
 class MeshSession implements WorkspaceMesh {
@@ -170,6 +183,7 @@ class MeshSession implements WorkspaceMesh {
   private readonly api: ApiClient
   private readonly notice: (line: string) => void
   private readonly paths: MeshPaths
+  private readonly onAnswer: ((answer: ConnectResponse) => void) | undefined
   private answer: ConnectResponse
   /** Local time the ticket expires at, ms since the epoch. */
   private expiresAt = 0
@@ -191,6 +205,7 @@ class MeshSession implements WorkspaceMesh {
     this.peerId = init.peerId
     this.notice = init.notice
     this.paths = init.paths
+    this.onAnswer = init.onAnswer
     this.answer = init.answer
     this.current = init.connection
     this.accept(init.answer, init.receivedAt)
@@ -343,6 +358,7 @@ class MeshSession implements WorkspaceMesh {
       try {
         const answer = await this.api.connect(this.workspace, this.peerId)
         this.accept(answer, Date.now())
+        this.onAnswer?.(answer)
       } finally {
         this.renewing = undefined
       }

@@ -3,7 +3,13 @@
  * (wire format in netstack/ping.ts), each reported with the path of the
  * connection that carried it (field case B13: the path is read from that
  * connection, never guessed), then a summary.
+ *
+ * The run keeps one mesh session (one node, one ticket), and each ping goes
+ * on the best connection open at that moment: when the dialer upgrades a relayed connection to a
+ * direct one (WebRTC hole punching, netstack/dial.ts) during the run, the
+ * next ping moves to it, so the change shows within one run.
  */
+import type { Connection } from '@libp2p/interface'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { PING_PROTOCOL } from '../netstack/constants.ts'
 import { createPinger, type Pinger } from '../netstack/ping.ts'
@@ -98,7 +104,8 @@ export async function runPing(api: ApiClient, options: PingRunOptions): Promise<
 
 interface PingSession {
   pinger: Pinger
-  /** The path of the connection carrying this stream. */
+  /** The connection carrying this stream, and its path. */
+  connection: Connection
   path: string
 }
 
@@ -114,13 +121,22 @@ async function pingOnce(
   options: PingRunOptions,
 ): Promise<{ sample: PingSample; session: PingSession | undefined }> {
   let current = session
+  if (current !== undefined && mesh.connection !== current.connection) {
+    // A better path came up (or this one closed): the next stream goes there.
+    current.pinger.close()
+    current = undefined
+  }
   try {
     if (current === undefined) {
       const stream = await mesh.openStream(PING_PROTOCOL, { signal: options.signal })
-      current = { pinger: createPinger(stream.duplex), path: stream.path }
+      current = {
+        pinger: createPinger(stream.duplex),
+        connection: stream.connection,
+        path: stream.path,
+      }
     }
   } catch (err) {
-    return { sample: { seq, rtt: null, path: mesh.path(), error: describe(err) }, session }
+    return { sample: { seq, rtt: null, path: mesh.path(), error: describe(err) }, session: current }
   }
 
   try {

@@ -37,8 +37,22 @@ export const MAX_TEMPLATE_FILES_BYTES = 10 * 1024 * 1024
 /** Most reservations the relay holds at once. */
 export const MAX_RELAY_RESERVATIONS = 10_000
 
-/** Where the coordinator's libp2p node listens unless told otherwise. */
-export const DEFAULT_P2P_LISTEN = ['/ip4/0.0.0.0/tcp/0']
+/**
+ * Where the coordinator's libp2p node listens unless told otherwise: TCP
+ * for agents and the CLI, WebSockets for browsers. Plain /ws: a page served
+ * over https may only open wss, which needs TLS in front (a proxy); the
+ * relay does not terminate TLS itself.
+ */
+export const DEFAULT_P2P_LISTEN = ['/ip4/0.0.0.0/tcp/0', '/ip4/0.0.0.0/tcp/0/ws']
+
+/**
+ * Where the coordinator's STUN responder (UDP) listens unless told
+ * otherwise: every address, a free port (like the relay's TCP port), so
+ * several coordinators on one host do not collide. Agents and clients learn
+ * the port from the register and connect answers. Behind a firewall, pin it
+ * (`--stun-address 0.0.0.0:3478`) and open that UDP port.
+ */
+export const DEFAULT_STUN_ADDRESS = '0.0.0.0:0'
 
 /** Where `coder-mesh server` listens unless told otherwise. */
 export const DEFAULT_ADDRESS = '127.0.0.1:7080'

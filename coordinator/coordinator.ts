@@ -14,7 +14,12 @@ import { createAgents, type Agents } from './agents.ts'
 import { openAudit, type Audit } from './audit.ts'
 import { createLogHub, type LogHub } from './build-logs.ts'
 import { agentCommandFor, createBuilds, type ProvisionFn } from './builds.ts'
-import { DEFAULT_BUILD_GRACE, DEFAULT_P2P_LISTEN, GRANT_SWEEP_INTERVAL } from './constants.ts'
+import {
+  DEFAULT_BUILD_GRACE,
+  DEFAULT_P2P_LISTEN,
+  DEFAULT_STUN_ADDRESS,
+  GRANT_SWEEP_INTERVAL,
+} from './constants.ts'
 import { KeyedLock } from './lock.ts'
 import { createLoginLimits, type LoginLimitsInit } from './login-limits.ts'
 import { createMetrics, type Metrics } from './metrics.ts'
@@ -23,7 +28,10 @@ import {
   loadOrCreateKeys,
   relayAddrs,
   relayUsage,
+  relayWebSocketAddrs,
+  startCoordinatorStun,
   startRelayNode,
+  type CoordinatorStun,
   type RelayPolicy,
 } from './relay.ts'
 import { openStore, type Store } from './store.ts'
@@ -39,8 +47,10 @@ export interface CoordinatorInit {
   accessUrl: string
   /** libp2p listen addresses of the relay; default ['/ip4/0.0.0.0/tcp/0']. */
   p2pListen?: string[]
+  /** UDP `IPV4:PORT` of the STUN responder, or false for none; default DEFAULT_STUN_ADDRESS. */
+  stunAddress?: string | false
   log?: Logger
-  /** Runs one build; default: the in-process provisioner. Tests pass a stub. */
+  /** Runs one build; default: the in-process provisioner. */
   provision?: ProvisionFn
   /** Builds running at once; default 2. */
   maxConcurrentBuilds?: number
@@ -72,6 +82,8 @@ export interface Coordinator {
   readonly node: MeshNode
   readonly ticketKey: TicketKeyPair
   relayAddrs(): string[]
+  /** STUN URLs agents and clients use for WebRTC (empty when STUN is off). */
+  iceServers(): string[]
   /** Why the coordinator cannot take work (store closed, relay stopped, closing), or undefined. */
   notReady(): string | undefined
   /** Finishes or cancels builds, stops the relay and closes the store. Idempotent. */
@@ -82,8 +94,7 @@ export interface Coordinator {
 export const CODER_MESH_BIN = fileURLToPath(new URL('../bin/coder-mesh', import.meta.url))
 
 const defaultProvision: ProvisionFn = async (job, options) => {
-  // Loaded on the first build, so a coordinator that never builds (and
-  // every test that stubs builds) does not load the provisioner.
+  // Loaded on the first build: the server starts without it.
   const { provision } = await import('../provisioner/index.ts')
   return provision(job, options)
 }
@@ -95,6 +106,7 @@ export async function openCoordinator(init: CoordinatorInit): Promise<Coordinato
   const store = await openStore(dataDir)
 
   let node: MeshNode | undefined
+  let stun: CoordinatorStun | undefined
   try {
     const keys = await loadOrCreateKeys(store)
     const relay = createRelayPolicy()
@@ -147,6 +159,12 @@ export async function openCoordinator(init: CoordinatorInit): Promise<Coordinato
     })
     node = relayNode
     const addrs = (): string[] => relayAddrs(relayNode)
+    const coordinatorStun = await startCoordinatorStun(
+      init.stunAddress ?? DEFAULT_STUN_ADDRESS,
+      init.accessUrl,
+      log,
+    )
+    stun = coordinatorStun
     const liveAgents = createAgents({
       store,
       locks,
@@ -154,6 +172,8 @@ export async function openCoordinator(init: CoordinatorInit): Promise<Coordinato
       relay,
       ticketKey: keys.ticket,
       relayAddrs: addrs,
+      relayWebSocketAddrs: () => relayWebSocketAddrs(relayNode),
+      iceServers: () => coordinatorStun.iceServers(),
       hangUp: (peerId) => relayNode.hangUp(peerIdFromString(peerId)),
       log,
       heartbeatSeconds: init.heartbeatSeconds,
@@ -183,6 +203,7 @@ export async function openCoordinator(init: CoordinatorInit): Promise<Coordinato
       await builds.close(init.buildGrace ?? DEFAULT_BUILD_GRACE)
       hub.close()
       await relayNode.stop()
+      await coordinatorStun.close()
       await store.close()
       log.info('coordinator closed')
     }
@@ -205,11 +226,13 @@ export async function openCoordinator(init: CoordinatorInit): Promise<Coordinato
       node: relayNode,
       ticketKey: keys.ticket,
       relayAddrs: addrs,
+      iceServers: () => coordinatorStun.iceServers(),
       notReady,
       close: () => (closing ??= close()),
     }
   } catch (err) {
     await node?.stop()
+    await stun?.close()
     await store.close()
     throw err
   }

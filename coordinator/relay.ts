@@ -4,9 +4,21 @@
  * an agent opens only for a client holding an unexpired grant for it (one
  * is recorded for every ticket /connect issues). Everyone else gets
  * neither, so the relay carries no traffic for strangers.
+ *
+ * The relay's piping is patched (patches/@libp2p+circuit-relay-v2+*.patch,
+ * applied by patch-package at install): the stock server kept every byte a
+ * dialing peer uploaded in memory while its circuit was open (PROBES trap
+ * 1; 256 MiB up left 520 MiB live) and ignored backpressure. The fix sits
+ * in createLimitedRelay, which the server calls internally and which no
+ * option or wrapper can replace, hence a patch rather than our own code;
+ * netstack/relay-memory.test.ts fails without it, and startRelayNode warns.
  */
-import type { ConnectionGater, PeerId, PrivateKey } from '@libp2p/interface'
+import type { ConnectionGater, PeerId, PrivateKey, StreamHandlerRecord } from '@libp2p/interface'
+import { readFile } from 'node:fs/promises'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
 import type { Logger } from '../sdk/logger.ts'
+import { DHT_PROTOCOL } from '../netstack/dht.ts'
 import { decodePeerKey, encodePeerKey, newPeerKey } from '../netstack/keys.ts'
 import { createMeshNode, type MeshNode } from '../netstack/node.ts'
 import {
@@ -15,6 +27,8 @@ import {
   newTicketKeyPair,
   type TicketKeyPair,
 } from '../netstack/ticket.ts'
+import { startStunServer, type StunServer } from '../netstack/stun.ts'
+import { MeshError } from '../sdk/errors.ts'
 import { MAX_RELAY_RESERVATIONS } from './constants.ts'
 import type { Store } from './store.ts'
 
@@ -27,6 +41,8 @@ export interface RelayPolicy {
   /** Lets `client` open circuits to `agent` until `expiresAt` (ms since the epoch). */
   grant(client: string, agent: string, expiresAt: number): void
   isGranted(client: string, agent: string): boolean
+  /** Whether `client` holds an unexpired grant to any agent. */
+  isClient(client: string): boolean
   /** Drops every grant of `client` (its user's tickets were revoked). */
   revokeClient(client: string): void
   /** Unexpired grants, for metrics. */
@@ -77,6 +93,12 @@ export function createRelayPolicy(init: RelayPolicyInit = {}): RelayPolicy {
     isGranted(client, agent) {
       const expiresAt = grants.get(client)?.get(agent)
       return expiresAt !== undefined && expiresAt > now()
+    },
+
+    isClient(client) {
+      const t = now()
+      for (const expiresAt of grants.get(client)?.values() ?? []) if (expiresAt > t) return true
+      return false
     },
 
     revokeClient(client) {
@@ -145,23 +167,85 @@ export interface RelayNodeInit {
   log: Logger
 }
 
+/** Whether the installed circuit relay carries our piping patch (see the header). */
+export async function relayPatchApplied(): Promise<boolean> {
+  try {
+    const index = fileURLToPath(import.meta.resolve('@libp2p/circuit-relay-v2'))
+    return (await readFile(join(dirname(index), 'utils.js'), 'utf8')).includes('relayOneWay')
+  } catch {
+    return false
+  }
+}
+
 export async function startRelayNode(init: RelayNodeInit): Promise<MeshNode> {
+  if (!(await relayPatchApplied())) {
+    init.log.warn(
+      'the circuit relay is not patched (was npm run with --ignore-scripts?): relayed uploads ' +
+        'stay in memory while their connection is open; run npx patch-package',
+    )
+  }
   const node = await createMeshNode({
     privateKey: init.peerKey,
     listen: init.listen,
     relayServer: { maxReservations: MAX_RELAY_RESERVATIONS },
     connectionGater: createRelayGater(init.policy),
   })
+  const policy = init.policy
+  await gateDht(node, (peer) => policy.isAgent(peer) || policy.isClient(peer))
   init.log.info({ peer_id: node.peerId.toString(), addrs: relayAddrs(node) }, 'relay listening')
   return node
 }
 
 /**
- * Addresses clients and agents can use to reach the relay, each ending in
+ * Answers DHT queries only from peers `allowed` names (agents and clients
+ * holding a ticket), like the relay itself: anyone may connect to the
+ * relay, and the DHT would otherwise tell any stranger who knows an agent's
+ * peer id where the agent is.
+ */
+async function gateDht(node: MeshNode, allowed: (peerId: string) => boolean): Promise<void> {
+  const registrar = (
+    node as unknown as { components: { registrar: { getHandler(p: string): StreamHandlerRecord } } }
+  ).components.registrar
+  let record: StreamHandlerRecord
+  try {
+    record = registrar.getHandler(DHT_PROTOCOL)
+  } catch {
+    return // no DHT on this node
+  }
+  await node.unhandle(DHT_PROTOCOL)
+  await node.handle(
+    DHT_PROTOCOL,
+    (stream, connection) => {
+      if (!allowed(connection.remotePeer.toString())) {
+        stream.abort(new Error('DHT queries are for mesh peers only'))
+        return
+      }
+      return record.handler(stream, connection)
+    },
+    record.options,
+  )
+}
+
+/**
+ * TCP addresses agents and the CLI use to reach the relay, each ending in
  * /p2p/<relay>. Wildcard listen addresses are left out (libp2p also lists
- * the interface addresses they expand to), and so are circuit addresses.
+ * the interface addresses they expand to), and so are circuit addresses
+ * and WebSockets ones (relayWebSocketAddrs).
  */
 export function relayAddrs(node: MeshNode): string[] {
+  return listenAddrs(node).filter((a) => !isWebSocket(a))
+}
+
+/** The relay's WebSockets addresses (for browsers), each ending in /p2p/<relay>. */
+export function relayWebSocketAddrs(node: MeshNode): string[] {
+  return listenAddrs(node).filter(isWebSocket)
+}
+
+function isWebSocket(addr: string): boolean {
+  return /\/wss?(\/|$)/.test(addr) || addr.includes('/tls/ws')
+}
+
+function listenAddrs(node: MeshNode): string[] {
   const self = `/p2p/${node.peerId.toString()}`
   return node
     .getMultiaddrs()
@@ -184,4 +268,54 @@ export function relayUsage(node: MeshNode): { reservations: number; circuits: nu
     }
   }
   return { reservations: relay?.reservations?.size ?? 0, circuits }
+}
+
+/** The coordinator's STUN responder and the ICE server URLs it hands out. */
+export interface CoordinatorStun {
+  /** `stun:<host>:<port>` for agents and clients; empty when STUN is off. */
+  iceServers(): string[]
+  close(): Promise<void>
+}
+
+/**
+ * Starts the STUN responder (netstack/stun.ts) on `address` (`host:port`,
+ * IPv4; port 0 picks one), or nothing when `address` is false. Peers reach
+ * it at the host they reach the coordinator at (the access URL's), unless
+ * it listens on one address only.
+ *
+ * Known shortcoming: there is no separate setting for the URL handed out.
+ * A coordinator whose access URL names a host that does not forward UDP
+ * (a reverse proxy elsewhere), or that sits behind a 1:1 NAT whose public
+ * address is on no interface, hands out a STUN URL that does not answer;
+ * WebRTC upgrades then fail and connections stay relayed.
+ * CODER_MESH_ICE_SERVERS on the agents and clients overrides it.
+ */
+export async function startCoordinatorStun(
+  address: string | false,
+  accessUrl: string,
+  log: Logger,
+): Promise<CoordinatorStun> {
+  if (address === false) return { iceServers: () => [], close: async () => undefined }
+  const match = /^([0-9.]*):(\d{1,5})$/.exec(address)
+  const port = Number(match?.[2])
+  if (match === null || port > 65535) {
+    throw new MeshError('MESH_BAD_ARGUMENT', `Invalid STUN address ${JSON.stringify(address)}.`, {
+      detail: 'use IPV4:PORT, e.g. 0.0.0.0:3478, or off',
+    })
+  }
+  const host = match[1] || '0.0.0.0'
+  let server: StunServer
+  try {
+    server = await startStunServer({ host, port })
+  } catch (err) {
+    throw new MeshError(
+      'MESH_BAD_ARGUMENT',
+      `Cannot listen for STUN on ${address}: ${String(err)}.`,
+    )
+  }
+  const publicHost = host === '0.0.0.0' ? new URL(accessUrl).hostname : host
+  // An IPv6 access URL (`[::1]`): the responder answers IPv4 only.
+  const urls = publicHost.startsWith('[') ? [] : [`stun:${publicHost}:${server.port}`]
+  log.info({ addr: `${host}:${server.port}`, ice_servers: urls }, 'STUN listening')
+  return { iceServers: () => urls, close: () => server.close() }
 }

@@ -4,7 +4,7 @@
  */
 import { createAdaptorServer } from '@hono/node-server'
 import type { Server } from 'node:http'
-import type { AddressInfo } from 'node:net'
+import { isIPv4, type AddressInfo } from 'node:net'
 import { defaultDataDir } from '../sdk/config.ts'
 import { MeshError } from '../sdk/errors.ts'
 import { createLogger, type Logger } from '../sdk/logger.ts'
@@ -22,6 +22,8 @@ export interface ServerInit {
   accessUrl?: string
   /** libp2p listen addresses of the relay; default ['/ip4/0.0.0.0/tcp/0']. */
   p2pListen?: string[]
+  /** UDP `IPV4:PORT` of the STUN responder, or false for none; default 0.0.0.0, a free port. */
+  stunAddress?: string | false
   log?: Logger
   /** Runs one build; default: the in-process provisioner. */
   provision?: ProvisionFn
@@ -45,11 +47,63 @@ export function parseAddress(address: string): { host: string; port: number } {
   const match = /^(?:\[([^\]]+)\]|([^:]*)):(\d{1,5})$/.exec(address)
   const port = Number(match?.[3])
   if (match === null || port > 65535) {
-    throw new MeshError('MESH_BAD_ARGUMENT', `Invalid address ${JSON.stringify(address)}.`, {
-      detail: 'use HOST:PORT, e.g. 127.0.0.1:7080 or [::1]:7080',
-    })
+    throw new MeshError(
+      'MESH_BAD_ARGUMENT',
+      `Invalid address ${JSON.stringify(address)}: use HOST:PORT, e.g. 127.0.0.1:7080 or [::1]:7080.`,
+    )
   }
   return { host: match[1] ?? (match[2] || '0.0.0.0'), port }
+}
+
+const ACCESS_URL_EXAMPLE = 'http://dev.example.com:7080'
+
+/**
+ * The access URL (`--access-url`) as agents and users are given it, without
+ * a trailing slash; MESH_BAD_ARGUMENT unless it is http(s) with a host and
+ * a port in range, with no user name, password, query or fragment. A path
+ * is kept: a reverse proxy may serve the coordinator under one.
+ */
+export function parseAccessUrl(raw: string): string {
+  // Never echo a URL that may hold a password: errors reach logs and terminals.
+  const shown = raw.includes('@') ? '' : ` ${JSON.stringify(raw)}`
+  const bad = (why: string): MeshError =>
+    new MeshError(
+      'MESH_BAD_ARGUMENT',
+      `Invalid --access-url${shown}: ${why}, e.g. --access-url ${ACCESS_URL_EXAMPLE}.`,
+    )
+  let url: URL
+  try {
+    url = new URL(raw)
+  } catch {
+    throw bad('use an http or https URL with a host and, if not 80 or 443, a port (1-65535)')
+  }
+  if (url.username !== '' || url.password !== '') {
+    throw bad('a user name or password does not belong in it; use a URL without one')
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+    throw bad(`use http or https, not ${url.protocol.slice(0, -1)}`)
+  }
+  if (url.hostname === '') throw bad('it names no host')
+  if (url.port === '0') throw bad('port 0 cannot be reached; use the port it listens on')
+  if (raw.includes('?') || raw.includes('#')) throw bad('use a URL without a query or fragment')
+  return url.href.replace(/\/+$/, '')
+}
+
+/**
+ * `--stun-address`: `IPV4:PORT` (host empty for 0.0.0.0; port 0 picks one)
+ * or false for no STUN responder; MESH_BAD_ARGUMENT otherwise.
+ */
+export function parseStunAddress(raw: string | false): string | false {
+  if (raw === false) return false
+  const match = /^([0-9.]*):(\d{1,5})$/.exec(raw)
+  if (match === null || Number(match[2]) > 65535 || (match[1] !== '' && !isIPv4(match[1]!))) {
+    throw new MeshError(
+      'MESH_BAD_ARGUMENT',
+      `Invalid --stun-address ${JSON.stringify(raw)}: ` +
+        'use IPV4:PORT, e.g. --stun-address 0.0.0.0:3478, or off.',
+    )
+  }
+  return raw
 }
 
 function urlFor(host: string, port: number): string {
@@ -65,7 +119,13 @@ function unavailable(): Response {
 type FetchFn = (req: Request, env: AppEnv['Bindings']) => Response | Promise<Response>
 
 export async function startServer(init: ServerInit): Promise<RunningServer> {
+  // Every setting is checked before anything listens or logs. Known
+  // shortcoming: a STUN port already in use shows only when openCoordinator
+  // binds it, after the store opened and the relay started.
   const { host, port } = parseAddress(init.address)
+  const accessUrl = init.accessUrl === undefined ? undefined : parseAccessUrl(init.accessUrl)
+  const stunAddress =
+    init.stunAddress === undefined ? undefined : parseStunAddress(init.stunAddress)
   const log = init.log ?? createLogger('mesh:coordinator')
 
   // Listen first: the access URL (a build variable) may need the real port.
@@ -94,10 +154,7 @@ export async function startServer(init: ServerInit): Promise<RunningServer> {
     server.listen(port, host)
   })
   server.on('error', (err) => log.error({ err }, 'http server'))
-  const url = (init.accessUrl ?? urlFor(host, (server.address() as AddressInfo).port)).replace(
-    /\/+$/,
-    '',
-  )
+  const url = accessUrl ?? urlFor(host, (server.address() as AddressInfo).port)
 
   let coordinator: Coordinator
   try {
@@ -105,6 +162,7 @@ export async function startServer(init: ServerInit): Promise<RunningServer> {
       dataDir: init.dataDir,
       accessUrl: url,
       p2pListen: init.p2pListen,
+      stunAddress,
       log,
       provision: init.provision,
       buildGrace: init.buildGrace,
@@ -141,12 +199,14 @@ export async function runServerCommand(opts: {
   address?: string
   dataDir?: string
   accessUrl?: string
+  stunAddress?: string | false
 }): Promise<void> {
   const log = createLogger('mesh:coordinator')
   const server = await startServer({
     address: opts.address ?? DEFAULT_ADDRESS,
     dataDir: opts.dataDir ?? defaultDataDir(),
     accessUrl: opts.accessUrl,
+    stunAddress: opts.stunAddress,
     log,
   })
   process.stdout.write(`coder-mesh server listening on ${server.url}\n`)

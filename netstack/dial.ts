@@ -21,6 +21,26 @@
  *   or direct attempt only ends its own attempt (field case B12). A relayed
  *   connection is closed only once a direct one exists and it has carried no
  *   stream for two checks in a row.
+ *
+ * Why WebRTC and not DCUtR (checked against @libp2p/dcutr 3.0.28's
+ * dist/src/dcutr.js and utils.js, the latest release): DCUtR hole-punches
+ * by having both peers dial each other's addresses at once, and
+ * - it dials only addresses that `isPublicAndDialable` passes, which drops
+ *   every private address (`isPrivate` of @libp2p/utils): peers on a VPN or
+ *   a corporate network, and every address of our netns tests (10.231/16),
+ *   are never tried;
+ * - with TCP the punch only works when the dial leaves from the port the
+ *   peer listens on (the NAT mapping identify observed); @libp2p/tcp has no
+ *   port reuse (Node's net sockets cannot bind a dial to a listening port),
+ *   so the observed address leads nowhere (its source notes TCP is the
+ *   only transport it punches with; js-libp2p has no QUIC for Node);
+ * - on success it closes the relayed connection (`relayedConnection.close()`
+ *   in both the unilateral and the hole-punch path), ending every stream on
+ *   it: a running SSH session or forward would die (field case B12).
+ * WebRTC's ICE does the same punch over UDP with STUN-learned mappings (the
+ * coordinator runs the STUN server), works between private addresses, and
+ * leaves the relayed connection to us. So @libp2p/dcutr is not installed:
+ * on these networks it would add a protocol that never succeeds.
  */
 import type { Connection } from '@libp2p/interface'
 import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'

@@ -13,6 +13,7 @@ interface ServerFlags {
   address?: string
   dataDir?: string
   accessUrl?: string
+  stunAddress?: string
 }
 
 export function registerServerCommands(program: Command): void {
@@ -23,6 +24,10 @@ export function registerServerCommands(program: Command): void {
       .option('--address <host:port>', 'address to listen on (default 127.0.0.1:7080)')
       .option('--data-dir <dir>', 'where the store lives (default: $CODER_MESH_DATA_DIR or XDG)')
       .option('--access-url <url>', 'the URL workspaces and users reach this server at')
+      .option(
+        '--stun-address <ipv4:port|off>',
+        'UDP address of the STUN responder for WebRTC hole punching (default 0.0.0.0, a free port)',
+      )
       .action(async (flags: ServerFlags) => {
         await checkDataDir(
           flags.dataDir ?? defaultDataDir(),
@@ -38,6 +43,7 @@ export function registerServerCommands(program: Command): void {
           address: flags.address,
           dataDir: flags.dataDir,
           accessUrl: flags.accessUrl,
+          stunAddress: flags.stunAddress === 'off' ? false : flags.stunAddress,
         })
       }),
     'coder-mesh server --address 0.0.0.0:7080 --access-url http://dev.example.com:7080',

@@ -6,13 +6,16 @@
  *                      public 10.231.1.0/24
  *   coord ─────────────┬──────────────┬──────────────┬────────── stranger
  *   (server, relay,    │              │              │
- *    STUN)          home-nat       cafe-nat      office-nat (drops UDP)
+ *    its STUN)      home-nat       cafe-nat      office-nat (drops UDP)
  *                      │              │              │
  *               home 10.231.2/24   cafe 10.231.3/24  office 10.231.4/24
  *               agent, laptop      remote            blocked
  *
  * The NATs masquerade and let nothing in that the LAN did not start; other
  * private segments are unroutable (packets vanish, as on the internet).
+ * The server runs its STUN responder by default and hands its URL to the
+ * agent and the clients: nobody here sets CODER_MESH_ICE_SERVERS, except the
+ * relay-only user, who turns WebRTC off with it.
  * Needs root; skipped otherwise, with the reason in the suite's name.
  */
 import type { ResultPromise } from 'execa'
@@ -20,10 +23,10 @@ import { mkdtemp } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { removeTree } from '../harness.ts'
+import { removeTree, type CliResult } from '../harness.ts'
+import type { PingReport } from '../../client/ping.ts'
 import {
   NODE,
-  PEER_SCRIPT,
   startServerIn,
   userIn,
   writeNetnsTemplate,
@@ -38,7 +41,6 @@ const skipReason = support.ok ? '' : support.reason
 if (!support.ok) console.warn(`[netns] skipping the network topology tests: ${skipReason}`)
 
 const HTTP_PORT = 7080
-const STUN_PORT = 3478
 const WEB_PORT = 8080
 
 function find(events: PeerEvent[], name: string): PeerEvent[] {
@@ -72,14 +74,15 @@ describe.skipIf(!support.ok)(
     let server: NetnsServer
     /** On the agent's LAN. */
     let laptop: NetnsUser
-    /** Behind another NAT; WebRTC off, so relay only. */
+    /** Behind another NAT; WebRTC off (CODER_MESH_ICE_SERVERS=none), so relay only. */
     let remote: NetnsUser
-    /** Behind another NAT with a STUN server set: may hole-punch with WebRTC. */
+    /** Behind another NAT, with the coordinator's STUN server: may hole-punch with WebRTC. */
     let remoteWebrtc: NetnsUser
-    /** Behind a NAT that drops all UDP, STUN server set: WebRTC upgrades fail. */
+    /** Behind a NAT that drops all UDP: WebRTC upgrades fail. */
     let blocked: NetnsUser
     let stranger: NetnsUser
-    let stunUrl: string
+    /** The CLI's output for `ssh` run right after `create`, on the agent's LAN. */
+    let firstSsh: CliResult
 
     beforeAll(async () => {
       base = await mkdtemp(join(tmpdir(), 'coder-mesh-netns-'))
@@ -95,20 +98,12 @@ describe.skipIf(!support.ok)(
       const blockedHost = await topology.host('blocked', officeNat.lan)
       const strangerHost = await topology.host('stranger', pub)
 
-      stunUrl = `stun:${coord.ip}:${STUN_PORT}`
-      topology.spawn(coord, NODE, [
-        '--disable-warning=ExperimentalWarning',
-        PEER_SCRIPT,
-        'stun',
-        String(STUN_PORT),
-      ])
       server = await startServerIn(topology, coord, HTTP_PORT, base)
 
-      const ice = { CODER_MESH_ICE_SERVERS: stunUrl }
       laptop = await userIn(topology, laptopHost, base)
-      remote = await userIn(topology, remoteHost, base)
-      remoteWebrtc = await userIn(topology, remoteHost, join(base, 'webrtc'), ice)
-      blocked = await userIn(topology, blockedHost, base, ice)
+      remote = await userIn(topology, remoteHost, base, { CODER_MESH_ICE_SERVERS: 'none' })
+      remoteWebrtc = await userIn(topology, remoteHost, join(base, 'webrtc'))
+      blocked = await userIn(topology, blockedHost, base)
       stranger = await userIn(topology, strangerHost, base)
       await laptop.login(server.url, true)
       for (const user of [remote, remoteWebrtc, blocked]) await user.login(server.url)
@@ -124,26 +119,14 @@ describe.skipIf(!support.ok)(
         'netns',
         '--parameter',
         `agent_netns=${agentHost.ns}`,
-        '--parameter',
-        `ice_servers=${stunUrl}`,
         '-y',
       ])
       expect(create.exitCode, create.stdout + create.stderr).toBe(0)
       // The agent runs in its own namespace, not the coordinator's.
       expect((await topology.pids(agentHost)).length).toBeGreaterThan(0)
-      // Its first registration carries no address; wait for the one that does.
-      let ticket: PeerEvent | undefined
-      await waitUntil(
-        'the agent to register its addresses',
-        async () => {
-          const probe = await laptop.peer(['probe', 'dev', '--timeout', '5000'])
-          ticket = find(probe.events, 'ticket')[0]
-          const addrs = (ticket?.addrs ?? []) as string[]
-          return probe.exitCode === 0 && addrs.some((a) => a.includes(agentHost.ip))
-        },
-        30_000,
-      ).catch((err: Error) => {
-        throw new Error(`${err.message}; last ticket: ${JSON.stringify(ticket)}`)
+      // At once, while the agent may still be registering for the first time.
+      firstSsh = await laptop.cli(['ssh', 'dev', '--', 'true'], {
+        env: { CODER_MESH_LOG_LEVEL: 'debug' },
       })
     }, 180_000)
 
@@ -151,6 +134,11 @@ describe.skipIf(!support.ok)(
       // destroy() SIGKILLs everything in the namespaces: server, terraform, agent, STUN.
       await topology?.destroy()
       if (base !== undefined) await removeTree(base)
+    })
+
+    it('should go direct on the LAN right after create: the first registration has addresses', () => {
+      expect(firstSsh.exitCode, firstSsh.stderr).toBe(0)
+      expect(loggedPaths(firstSsh.stderr)).toEqual(['direct (tcp)'])
     })
 
     it('should connect directly between two hosts on one LAN', async () => {
@@ -240,6 +228,31 @@ describe.skipIf(!support.ok)(
       expect(find(r.events, 'reserve')[0]).toMatchObject({ ok: false })
       expect(find(r.events, 'circuit')[0]).toMatchObject({ ok: false })
     })
+
+    it('should show the hole-punched upgrade in one coder-mesh ping run', async () => {
+      const udpBefore = [await topology.udpForwarded(homeNat), await topology.udpForwarded(cafeNat)]
+      const ping = await remoteWebrtc.cli(['ping', 'dev', '-n', '30', '-i', '0.5', '-o', 'json'])
+      expect(ping.exitCode, ping.stderr).toBe(0)
+      const report = JSON.parse(ping.stdout) as PingReport
+      const paths = report.pings.map((p) => p.path)
+      // Starts relayed (the agent's own address is on a private LAN behind a NAT) ...
+      expect(paths[0], paths.join(', ')).toMatch(/^relayed via /)
+      // ... and moves to WebRTC once the dialer has punched through, staying there.
+      const upgradedAt = paths.indexOf('direct (webrtc)')
+      expect(upgradedAt, paths.join(', ')).toBeGreaterThan(0)
+      expect(paths.slice(upgradedAt).every((p) => p === 'direct (webrtc)')).toBe(true)
+      expect(report.path).toBe('direct (webrtc)')
+      expect(report.received).toBe(report.sent)
+      const avg = (ps: typeof report.pings): number =>
+        ps.reduce((a, p) => a + (p.rtt ?? 0), 0) / Math.max(1, ps.length)
+      console.log(
+        `[netns] ping: ${upgradedAt} relayed (avg ${avg(report.pings.slice(0, upgradedAt)).toFixed(2)} ms),` +
+          ` then direct (webrtc) (avg ${avg(report.pings.slice(upgradedAt)).toFixed(2)} ms)`,
+      )
+      // The data went peer to peer over UDP, through both NATs.
+      expect(await topology.udpForwarded(homeNat)).toBeGreaterThan(udpBefore[0]!)
+      expect(await topology.udpForwarded(cafeNat)).toBeGreaterThan(udpBefore[1]!)
+    }, 60_000)
 
     it('should upgrade a relayed connection to direct WebRTC through two NATs', async () => {
       const udpBefore = [await topology.udpForwarded(homeNat), await topology.udpForwarded(cafeNat)]

@@ -3,11 +3,11 @@
  * project's Node 22: `node test/netns/peer.ts COMMAND ...`). Each prints one
  * JSON object a line on stdout.
  *
- *   stun PORT                     a STUN server on 0.0.0.0:PORT (until killed)
  *   probe NAME [--upgrade MS] [--timeout MS]
  *                                 as the logged-in CLI user (CODER_MESH_CONFIG_DIR):
  *                                 get a ticket, dial the agent on every path,
- *                                 report the path and the SSH banner; with
+ *                                 report the path and the SSH banner (WebRTC
+ *                                 with the coordinator's STUN servers); with
  *                                 --upgrade, wait up to MS for a direct
  *                                 connection and do it again on that one
  *   stranger RELAY AGENT_PEER     a fresh libp2p identity with no grant: try to
@@ -21,8 +21,7 @@ import { join } from 'node:path'
 import { SSH_PROTOCOL } from '../../netstack/constants.ts'
 import { bestConnection, describePath, dialAgent, openMeshStream } from '../../netstack/dial.ts'
 import { newPeerKey } from '../../netstack/keys.ts'
-import { createMeshNode, type MeshNode } from '../../netstack/node.ts'
-import { startStunServer } from '../../netstack/stun.ts'
+import { createMeshNode, meshWebrtc, type MeshNode } from '../../netstack/node.ts'
 import { ApiClient } from '../../sdk/api-client.ts'
 
 function report(event: string, fields: Record<string, unknown> = {}): void {
@@ -61,9 +60,15 @@ async function probe(
     sessionToken: string
   }
   const api = new ApiClient({ url: session.url, token: session.sessionToken })
-  const node = await createMeshNode({ privateKey: await newPeerKey(), listen: [] })
+  const ice: { servers?: string[] } = {}
+  const node = await createMeshNode({
+    privateKey: await newPeerKey(),
+    listen: [],
+    webrtc: meshWebrtc(() => ice.servers),
+  })
   try {
     const target = await api.connect(name, node.peerId.toString())
+    ice.servers = target.iceServers
     report('ticket', {
       agent: target.agent.peerId,
       addrs: target.agent.addrs,
@@ -162,12 +167,6 @@ async function stranger(relay: string, agentPeer: string): Promise<void> {
 async function main(): Promise<void> {
   const [command, ...args] = process.argv.slice(2)
   switch (command) {
-    case 'stun': {
-      const server = await startStunServer({ port: Number(args[0] ?? 3478) })
-      report('stun', { port: server.port })
-      await new Promise(() => undefined) // until killed
-      break
-    }
     case 'probe': {
       const flag = (name: string): number | undefined => {
         const i = args.indexOf(name)
