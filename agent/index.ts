@@ -15,7 +15,7 @@ import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { SSH_PROTOCOL } from '../netstack/constants.ts'
 import { loadOrCreatePeerKey } from '../netstack/keys.ts'
-import { createMeshNode, type MeshNode } from '../netstack/node.ts'
+import { createMeshNode, meshWebrtc, type MeshNode } from '../netstack/node.ts'
 import { serveMeshProtocol } from '../netstack/serve.ts'
 import { importTicketPublicKey } from '../netstack/ticket.ts'
 import { ApiClient } from '../sdk/api-client.ts'
@@ -30,9 +30,11 @@ import {
   isFatalRegisterError,
   registerUntilDone,
 } from './register.ts'
+import { startWorkspaceServices } from './lifecycle.ts'
 import { serveMeshServices } from './mesh-services.ts'
 import { RelayKeeper } from './relays.ts'
 import { createSshService } from './ssh.ts'
+import { meteredNode, TrafficMeter } from './stats.ts'
 
 export const PEER_KEY_FILE = 'agent-key'
 export const DEFAULT_LISTEN = ['/ip4/0.0.0.0/tcp/0']
@@ -108,7 +110,21 @@ export async function startAgent(init: AgentInit): Promise<RunningAgent> {
   let closeSsh: (() => Promise<void>) | undefined
   try {
     log.info({ coordinator: new URL(init.url).origin, version: AGENT_VERSION }, 'agent starting')
-    const first = await register([])
+    // The node starts before the first registration, so that registration
+    // already carries the direct addresses: a client dialing right after
+    // the workspace is created goes direct on a LAN. Nothing on it needs
+    // the ticket key yet: the protocols are served once it is known.
+    // Relays are listened on after start, not passed to createMeshNode: a
+    // relay that cannot be reached would make the node fail to start.
+    // WebRTC's STUN servers are the coordinator's latest (iceServers).
+    let iceServers: string[] | undefined
+    node = await createMeshNode({
+      privateKey,
+      listen: init.listen ?? DEFAULT_LISTEN,
+      webrtc: meshWebrtc(() => iceServers),
+    })
+    const first = await register(directAddrs(node))
+    iceServers = first.iceServers
     let ticketKey: KeyObject = importTicketPublicKey(first.ticketPublicKey)
     log = log.child({ workspace_id: first.workspaceId })
 
@@ -126,11 +142,11 @@ export async function startAgent(init: AgentInit): Promise<RunningAgent> {
 
     const ssh = await createSshService({ dir: init.dir, log })
     closeSsh = () => ssh.close()
-    // Relays are listened on after start, not passed to createMeshNode: a
-    // relay that cannot be reached would make the node fail to start.
-    node = await createMeshNode({ privateKey, listen: init.listen ?? DEFAULT_LISTEN })
+    // Every mesh protocol is served through `metered`, so stats count its traffic.
+    const meter = new TrafficMeter()
+    const metered = meteredNode(node, meter)
     await serveMeshProtocol(
-      node,
+      metered,
       SSH_PROTOCOL,
       {
         agentPeerId: peerId,
@@ -141,7 +157,7 @@ export async function startAgent(init: AgentInit): Promise<RunningAgent> {
       log,
     )
     await serveMeshServices(
-      node,
+      metered,
       {
         agentPeerId: peerId,
         publicKey: () => ticketKey,
@@ -163,6 +179,7 @@ export async function startAgent(init: AgentInit): Promise<RunningAgent> {
         log.error({ err: (err as Error).message }, 'the coordinator sent an unusable ticket key')
       }
       keeper.setRelays(res.relays)
+      iceServers = res.iceServers ?? iceServers
       intervalMs = heartbeatMs(res.heartbeatSeconds)
       // A revoked peer loses its open connections too, not just new streams.
       learnRevocations(res)
@@ -178,6 +195,7 @@ export async function startAgent(init: AgentInit): Promise<RunningAgent> {
       { addrs: directAddrs(meshNode), relays: first.relays.length, workspace: first.workspaceName },
       'agent registered and serving',
     )
+    const services = startWorkspaceServices({ api, dir: init.dir, node: meshNode, meter, log })
 
     // Heartbeat: register again every period (refreshing addresses, the
     // ticket key and the relay list); after a failure, sooner, with backoff.
@@ -225,6 +243,7 @@ export async function startAgent(init: AgentInit): Promise<RunningAgent> {
       stop() {
         stopping ??= (async () => {
           init.signal?.removeEventListener('abort', abort)
+          await services.stop()
           controller.abort()
           keeper.stop()
           await heartbeatDone

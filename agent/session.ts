@@ -116,6 +116,8 @@ export class SshSession {
   private readonly client: Connection
   private agentSocket: Promise<AgentSocket | undefined> | undefined
   private x11Refused = false
+  /** The process's stdout and stderr pipes, while it runs without a PTY. */
+  private outputPipes: Readable[] = []
   private readonly clientEnv: Record<string, string> = {}
   private ptyRequest: PtyRequest | undefined
   private channel: ServerChannel | undefined
@@ -172,6 +174,14 @@ export class SshSession {
       }
       signalSession(this.sid, name)
       accept?.()
+    })
+    // The client will read no more output (`ssh host yes | head -1`): as
+    // sshd does, close our ends of the process's output pipes, so that its
+    // next write fails (SIGPIPE) instead of it running on with nobody
+    // reading. OpenSSH sends this only to servers it takes for OpenSSH (see
+    // the ident in ssh.ts).
+    session.on('eow', () => {
+      for (const pipe of this.outputPipes) pipe.destroy()
     })
     session.on('close', () => void this.terminate())
   }
@@ -309,6 +319,7 @@ export class SshSession {
     // detached: the child calls setsid(), so its pid names the whole session.
     const child = spawn(file, args, { cwd, env, stdio: 'pipe', detached: true })
     this.sid = child.pid
+    this.outputPipes = [child.stdout, child.stderr]
 
     const exited = new Promise<ExitStatus>((resolve) => {
       child.once('exit', (code, signal) => resolve({ code, signal }))

@@ -64,6 +64,20 @@ export function openFlags(pflags: number): number {
   return flags
 }
 
+/**
+ * Whether READ or WRITE of `length` bytes at `offset` stays within safe
+ * integers. ssh2 hands over uint64 offsets as lossy Numbers, and Node reads
+ * or writes at the file's current position for a position it cannot take.
+ */
+export function offsetInRange(offset: unknown, length: number): boolean {
+  return (
+    typeof offset === 'number' &&
+    Number.isSafeInteger(offset) &&
+    offset >= 0 &&
+    Number.isSafeInteger(offset + length)
+  )
+}
+
 /** Reads the SSH strings packed in an EXTENDED request's data. */
 export function sshStrings(data: Buffer | undefined): Buffer[] {
   const out: Buffer[] = []

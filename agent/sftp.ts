@@ -12,6 +12,13 @@
  * - plain RENAME never replaces an existing target (posix-rename does);
  * - errno values map to NO_SUCH_FILE, PERMISSION_DENIED or FAILURE, with
  *   the error's text as the message.
+ * Where it differs, because it shares the agent's process (and libuv's four
+ * threadpool threads) with everything else:
+ * - OPEN never blocks, and refuses FIFOs and sockets ("Not a regular
+ *   file"), which sftp-server opens and waits on;
+ * - files are open with O_NONBLOCK, so a READ of a terminal or another
+ *   character device with nothing to read fails (EAGAIN) instead of waiting;
+ * - READ and WRITE refuse offsets past 2^53 - 1 ("Offset out of range").
  * Requests run one at a time in arrival order (see `handle` below).
  * Backpressure toward the client is ssh2's: replies wait in the channel's
  * buffer until the client's window opens, and the client bounds its
@@ -24,7 +31,7 @@
  * statvfs@openssh.com (sftp's `df`) and limits@openssh.com are not offered;
  * clients then use their default request sizes.
  */
-import type { BigIntStats, Dir, Stats } from 'node:fs'
+import { constants as fsConstants, type BigIntStats, type Dir, type Stats } from 'node:fs'
 import * as fs from 'node:fs/promises'
 import { dirname, basename, posix } from 'node:path'
 import type { FileHandle } from 'node:fs/promises'
@@ -34,6 +41,7 @@ import { longName, type Attrs } from './sftp-listing.ts'
 import {
   advertiseExtensions,
   FXF_WRITE,
+  offsetInRange,
   openFlags,
   sshStrings,
   STATUS,
@@ -51,6 +59,9 @@ const MAX_HANDLES = 1024
 type OpenFile = { kind: 'file'; fh: FileHandle; path: string }
 type OpenDir = { kind: 'dir'; dir: Dir; path: string; dotsSent: boolean; done: boolean }
 type Handle = OpenFile | OpenDir
+
+/** OPEN's answer for a FIFO or a socket, which reads and writes could wait on forever. */
+const NOT_A_FILE = 'Not a regular file'
 
 /** Attributes for an answer that carries none (REALPATH, READLINK). */
 const NO_ATTRS = {} as Attributes
@@ -124,6 +135,10 @@ export function serveSftp(sftp: SFTPWrapper, init: SftpSessionInit): void {
     sftp.status(id, STATUS.FAILURE, 'Invalid handle')
   }
 
+  const outOfRange = (id: number): void => {
+    sftp.status(id, STATUS.FAILURE, 'Offset out of range')
+  }
+
   /** SETSTAT (on `path`, following links, as sftp-server) or FSETSTAT (on `fh`). */
   const applyAttrs = async (path: string, attrs: Attrs, fh?: FileHandle): Promise<void> => {
     // The order sftp-server uses: size, mode, times, owner.
@@ -150,20 +165,48 @@ export function serveSftp(sftp: SFTPWrapper, init: SftpSessionInit): void {
     handle(id, async () => {
       const path = resolvePath(filename)
       const mode = (attrs as Attrs | undefined)?.mode
-      const fh = await fs.open(path, openFlags(pflags), mode === undefined ? 0o666 : mode & 0o7777)
-      if ((await fh.stat()).isDirectory() && (pflags & FXF_WRITE) === 0) {
-        // Reading a folder as a file: say so at OPEN, as sftp-server's read would.
-        await fh.close()
-        sftp.status(id, STATUS.FAILURE, 'Is a directory')
-        return
+      let fh: FileHandle
+      try {
+        // Never a blocking open: opening a FIFO waits for its other end in
+        // one of libuv's four threadpool threads, and four such opens stall
+        // every fs call of the agent. Non-blocking, a FIFO opened for writing
+        // with no reader fails at once (ENXIO) and fstat below refuses the rest.
+        fh = await fs.open(
+          path,
+          openFlags(pflags) | fsConstants.O_NONBLOCK,
+          mode === undefined ? 0o666 : mode & 0o7777,
+        )
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'ENXIO' && (await isPipeOrSocket(path))) {
+          sftp.status(id, STATUS.FAILURE, NOT_A_FILE)
+          return
+        }
+        throw err
       }
-      const h = addHandle({ kind: 'file', fh, path })
-      if (h === undefined) {
-        await fh.close()
-        sftp.status(id, STATUS.FAILURE, 'Too many open handles')
-        return
+      let kept = false
+      try {
+        const st = await fh.stat()
+        // The session ended while this OPEN ran: nobody will CLOSE it.
+        if (closed) return
+        if (st.isFIFO() || st.isSocket()) {
+          sftp.status(id, STATUS.FAILURE, NOT_A_FILE)
+          return
+        }
+        if (st.isDirectory() && (pflags & FXF_WRITE) === 0) {
+          // Reading a folder as a file: say so at OPEN, as sftp-server's read would.
+          sftp.status(id, STATUS.FAILURE, 'Is a directory')
+          return
+        }
+        const h = addHandle({ kind: 'file', fh, path })
+        if (h === undefined) {
+          sftp.status(id, STATUS.FAILURE, 'Too many open handles')
+          return
+        }
+        kept = true
+        sftp.handle(id, h)
+      } finally {
+        if (!kept) await fh.close()
       }
-      sftp.handle(id, h)
     }),
   )
 
@@ -172,6 +215,7 @@ export function serveSftp(sftp: SFTPWrapper, init: SftpSessionInit): void {
       const h = lookup(hbuf)
       if (h?.kind !== 'file') return badHandle(id)
       const want = Math.min(length, MAX_READ)
+      if (!offsetInRange(offset, want)) return outOfRange(id)
       const buf = Buffer.allocUnsafe(want)
       const { bytesRead } = await h.fh.read(buf, 0, want, offset)
       if (bytesRead === 0) sftp.status(id, STATUS.EOF, 'End of file')
@@ -183,6 +227,9 @@ export function serveSftp(sftp: SFTPWrapper, init: SftpSessionInit): void {
     handle(id, async () => {
       const h = lookup(hbuf)
       if (h?.kind !== 'file') return badHandle(id)
+      // Node writes at the file's current position when the position is not
+      // a safe integer: an offset of 2^62 would land somewhere else.
+      if (!offsetInRange(offset, data.length)) return outOfRange(id)
       let done = 0
       while (done < data.length) {
         const { bytesWritten } = await h.fh.write(data, done, data.length - done, offset + done)
@@ -245,6 +292,11 @@ export function serveSftp(sftp: SFTPWrapper, init: SftpSessionInit): void {
     handle(id, async () => {
       const full = resolvePath(path)
       const dir = await fs.opendir(full, { bufferSize: DIR_BATCH })
+      if (closed) {
+        // The session ended while this OPENDIR ran: nobody will CLOSE it.
+        await dir.close()
+        return
+      }
       const h = addHandle({ kind: 'dir', dir, path: full, dotsSent: false, done: false })
       if (h === undefined) {
         await dir.close()
@@ -403,6 +455,12 @@ export function serveSftp(sftp: SFTPWrapper, init: SftpSessionInit): void {
     log.debug({ err: err.message }, 'sftp error')
     closeAll()
   })
+}
+
+/** Whether `path` is a FIFO or a socket (which a non-blocking open refuses with ENXIO). */
+async function isPipeOrSocket(path: string): Promise<boolean> {
+  const st = await fs.stat(path).catch(() => undefined)
+  return st !== undefined && (st.isFIFO() || st.isSocket())
 }
 
 /** `~` and `~/x` as the user's home; `~user` is left for realpath to refuse. */

@@ -139,6 +139,9 @@ export interface SshService {
   close(): Promise<void>
 }
 
+/** Our version string: "OpenSSH*" is what OpenSSH's compat table matches on. */
+export const SSH_IDENT = 'OpenSSH_9.0-compatible coder-mesh-agent'
+
 export async function createSshService(init: SshServiceInit): Promise<SshService> {
   const log = init.log
   const hostKey = await loadOrCreateHostKey(init.dir)
@@ -147,6 +150,10 @@ export async function createSshService(init: SshServiceInit): Promise<SshService
 
   const server = new ssh2.Server({
     hostKeys: [hostKey],
+    // OpenSSH clients turn on their OpenSSH-only protocol extensions by the
+    // server's version string; the one that matters here is eow@openssh.com
+    // (the client's reader went away; see session.ts).
+    ident: SSH_IDENT,
     keepaliveInterval: KEEPALIVE_INTERVAL_MS,
     keepaliveCountMax: KEEPALIVE_COUNT_MAX,
   })
@@ -183,12 +190,11 @@ export async function createSshService(init: SshServiceInit): Promise<SshService
         return
       }
       streams.set(duplex, context)
-      // SSH has no half-close at the transport: once the client's side of the
-      // byte stream ends (an OpenSSH ProxyCommand whose ssh died, say), no
-      // request can come any more, so the connection is over, as with sshd.
-      // Ending ours closes the stream, and ssh2 then hangs up the sessions.
-      duplex.once('end', () => duplex.end())
       // ssh2 needs only a Duplex: it reads, writes, ends and watches close.
+      // Once the client's side of the byte stream ends (an OpenSSH
+      // ProxyCommand whose ssh died, say), no request can come any more:
+      // ssh2 (patched, see patches/) then ends ours too, as sshd would, and
+      // hangs up the sessions.
       server.injectSocket(duplex as unknown as Socket)
     },
     async close() {

@@ -99,6 +99,32 @@ export function parseForwardSpecs(values: readonly string[]): ForwardSpec[] {
   return specs
 }
 
+/**
+ * The error for `port-forward NAME` without --tcp, naming the ports the
+ * workspace listens on (as its agent last reported) and a --tcp for one;
+ * the plain error when they cannot be had.
+ */
+export async function nothingToForward(api: ApiClient, workspace: string): Promise<MeshError> {
+  let offer = ''
+  try {
+    const ports = (await api.workspace(workspace)).agent?.ports ?? []
+    const unique = [...new Map(ports.map((p) => [p.port, p])).values()]
+    if (unique.length > 0) {
+      const shown = unique
+        .slice(0, 20)
+        .map((p) => (p.process === undefined ? String(p.port) : `${p.port} (${p.process})`))
+      const more = unique.length > shown.length ? ` and ${unique.length - shown.length} more` : ''
+      const first = unique[0]!.port
+      offer =
+        ` Workspace ${workspace} listens on ${shown.join(', ')}${more};` +
+        ` e.g. --tcp ${first}:${first}.`
+    }
+  } catch {
+    // No listing: the plain message still says what to do.
+  }
+  return new MeshError('MESH_BAD_ARGUMENT', `Nothing to forward: add --tcp LOCAL:REMOTE.${offer}`)
+}
+
 /** `127.0.0.1:8080`, `[::1]:8080`. */
 export function formatHostPort(host: string, port: number): string {
   return `${isIP(host) === 6 ? `[${host}]` : host}:${port}`

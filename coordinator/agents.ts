@@ -13,20 +13,26 @@
  */
 import { peerIdFromString } from '@libp2p/peer-id'
 import { randomUUID, type KeyObject } from 'node:crypto'
+import type { StreamingApi } from 'hono/utils/stream'
 import type {
+  AgentLogsRequest,
   AgentRegisterRequest,
   AgentRegisterResponse,
+  AgentReportRequest,
+  AgentStartupResponse,
   ConnectResponse,
   RevokedPeer,
 } from '../sdk/api-types.ts'
 import { MeshError } from '../sdk/errors.ts'
 import type { Logger } from '../sdk/logger.ts'
 import { exportTicketPublicKey, signTicket, type TicketKeyPair } from '../netstack/ticket.ts'
+import { startupOutputs } from '../provisioner/outputs.ts'
+import { createAgentLogs } from './agent-logs.ts'
 import { workspaceLock } from './builds.ts'
 import { SECOND } from '../sdk/config.ts'
 import { AGENT_CONNECTED_WINDOW, HEARTBEAT_SECONDS, TICKET_TTL } from './constants.ts'
 import type { KeyedLock } from './lock.ts'
-import type { RevocationRecord, UserRecord } from './records.ts'
+import type { AgentReportRecord, RevocationRecord, UserRecord, WorkspaceRecord } from './records.ts'
 import type { RelayPolicy } from './relay.ts'
 import { AGENT_TOKEN_PREFIX, hashToken } from './secrets.ts'
 import type { Store } from './store.ts'
@@ -40,6 +46,10 @@ export interface AgentsComponents {
   ticketKey: TicketKeyPair
   /** The relay node's addresses, each ending in /p2p/<relay>. */
   relayAddrs: () => string[]
+  /** The relay's WebSockets addresses, for browser clients; default none. */
+  relayWebSocketAddrs?: () => string[]
+  /** STUN URLs for WebRTC, handed to agents and clients; default none. */
+  iceServers?: () => string[]
   /** Closes the relay's connections to a peer; best effort. */
   hangUp?: (peerId: string) => Promise<void>
   log: Logger
@@ -63,9 +73,20 @@ export interface Agents {
   ): Promise<ConnectResponse>
   /** Revokes every unexpired ticket issued to the user. */
   revokeUser(userId: string): Promise<void>
+  /**
+   * The startup script of the agent's start build, once that build has
+   * succeeded (its outputs are known then); `ready: false` before.
+   */
+  startup(agentToken: string): Promise<AgentStartupResponse>
+  /** Keeps the agent's latest lifecycle state, stats and listening ports. */
+  report(agentToken: string, request: AgentReportRequest): Promise<void>
+  /** Stores lines of the agent's log. */
+  appendLogs(agentToken: string, request: AgentLogsRequest): Promise<{ stored: number }>
+  /** Writes `owner`'s workspace `name`'s agent log as NDJSON; following, until the client goes. */
+  streamLogs(out: StreamingApi, workspace: WorkspaceRecord, follow: boolean): Promise<void>
   /** Agents that registered within the last heartbeat window. */
   connectedCount(): number
-  /** Deletes records of expired tickets and revocations. */
+  /** Deletes expired tickets and revocations, and gone workspaces' agent reports and logs. */
   sweep(): Promise<void>
 }
 
@@ -113,6 +134,19 @@ export function createAgents(components: AgentsComponents): Agents {
   const lastSeen = new Map<string, number>()
   const ticketPublicKey = exportTicketPublicKey(components.ticketKey.publicKey)
   const privateKey: KeyObject = components.ticketKey.privateKey
+
+  const agentLogs = createAgentLogs(store, locks)
+
+  /** The workspace whose current agent token this is; MESH_UNAUTHENTICATED otherwise. */
+  async function agentWorkspace(agentToken: string): Promise<WorkspaceRecord> {
+    if (!agentToken.startsWith(AGENT_TOKEN_PREFIX)) throw badAgentToken('not an agent token')
+    const hash = hashToken(agentToken)
+    const workspaceId = await store.agentTokens.get(hash)
+    if (workspaceId === undefined) throw badAgentToken('unknown agent token')
+    const ws = await store.workspaces.get(workspaceId)
+    if (ws === undefined || ws.agentTokenHash !== hash) throw badAgentToken('token was replaced')
+    return ws
+  }
 
   async function revokedPeers(workspaceId: string): Promise<RevokedPeer[]> {
     const out: RevokedPeer[] = []
@@ -166,6 +200,7 @@ export function createAgents(components: AgentsComponents): Agents {
         owner: owner?.username ?? '',
         ticketPublicKey,
         relays: components.relayAddrs(),
+        iceServers: components.iceServers?.() ?? [],
         heartbeatSeconds,
         revokedPeers: await revokedPeers(ws.id),
       }
@@ -226,6 +261,8 @@ export function createAgents(components: AgentsComponents): Agents {
         workspaceId: ws.id,
         agent: { peerId: ws.agent.peerId, addrs: ws.agent.addrs },
         relays: components.relayAddrs(),
+        webSocketRelays: components.relayWebSocketAddrs?.() ?? [],
+        iceServers: components.iceServers?.() ?? [],
         ticket,
         expiresAt: new Date(exp).toISOString(),
       }
@@ -258,6 +295,70 @@ export function createAgents(components: AgentsComponents): Agents {
       if (clients.size > 0) log.info({ user_id: userId, peers: clients.size }, 'tickets revoked')
     },
 
+    async startup(agentToken) {
+      const ws = await agentWorkspace(agentToken)
+      // The token was issued by the latest build, a start; a later build
+      // replaces or retires it. Its outputs are known once it succeeded.
+      const build = await store.builds.get(ws.latestBuildId)
+      if (build?.transition !== 'start' || build.status !== 'succeeded') return { ready: false }
+      const state = await store.states.get(ws.id)
+      const outputs = startupOutputs(state === undefined ? undefined : Buffer.from(state, 'base64'))
+      const response: AgentStartupResponse = {
+        ready: true,
+        buildId: build.id,
+        script: outputs.script,
+      }
+      if (outputs.timeoutSeconds !== undefined) response.timeoutSeconds = outputs.timeoutSeconds
+      if (outputs.problems.length > 0) response.problems = outputs.problems
+      return response
+    },
+
+    async report(agentToken, request) {
+      const ws = await agentWorkspace(agentToken)
+      const previous = await store.agentReports.get(ws.id)
+      const record: AgentReportRecord = {
+        agentTokenHash: ws.agentTokenHash!,
+        lifecycle: request.lifecycle,
+        updatedAt: new Date(now()).toISOString(),
+      }
+      if (request.startError !== undefined) record.startError = request.startError
+      // Stats and ports come every few seconds; a lifecycle change alone keeps the last ones.
+      const same = previous?.agentTokenHash === record.agentTokenHash
+      const stats = request.stats ?? (same ? previous?.stats : undefined)
+      const ports = request.ports ?? (same ? previous?.ports : undefined)
+      if (stats !== undefined) record.stats = stats
+      if (ports !== undefined) record.ports = ports
+      // Only the latest is kept; losing one to a crash costs one report interval.
+      await store.agentReports.put(ws.id, record)
+      if (!same || previous?.lifecycle !== request.lifecycle) {
+        log.info(
+          { workspace_id: ws.id, lifecycle: request.lifecycle, start_error: request.startError },
+          'agent lifecycle',
+        )
+      }
+    },
+
+    async appendLogs(agentToken, request) {
+      const ws = await agentWorkspace(agentToken)
+      const build = await store.builds.get(request.buildId)
+      if (build?.workspaceId !== ws.id || build.transition !== 'start') {
+        throw new MeshError(
+          'MESH_VALIDATION',
+          `Build ${JSON.stringify(request.buildId)} is no start build of this workspace.`,
+          { validations: [{ field: 'buildId', detail: 'is no start build of this workspace' }] },
+        )
+      }
+      return agentLogs.append(ws.id, request)
+    },
+
+    async streamLogs(out, workspace, follow) {
+      // A workspace started again shows its new start's lines only, none
+      // until its agent sends some; a stopped one, its last start's.
+      const latest = await store.builds.get(workspace.latestBuildId)
+      const build = latest?.transition === 'start' ? latest.id : undefined
+      return agentLogs.stream(out, workspace.id, follow, build)
+    },
+
     connectedCount() {
       const window = 3 * heartbeatSeconds * SECOND
       let count = 0
@@ -277,7 +378,16 @@ export function createAgents(components: AgentsComponents): Agents {
       for await (const [key, revocation] of store.revocations.entries()) {
         if (revocation.expiresAt <= t) batch.del(store.revocations, key)
       }
+      for await (const key of store.agentReports.sub.keys()) {
+        if ((await store.workspaces.get(key)) === undefined) batch.del(store.agentReports, key)
+      }
       await batch.write()
+      const exists = new Map<string, boolean>()
+      for await (const key of store.agentLogs.sub.keys()) {
+        const id = key.slice(0, key.indexOf('/'))
+        if (!exists.has(id)) exists.set(id, (await store.workspaces.get(id)) !== undefined)
+      }
+      for (const [id, found] of exists) if (!found) await agentLogs.remove(id)
     },
   }
 }

@@ -93,6 +93,13 @@ const SAMPLES: Record<string, (ctx: Context) => Sample> = {
   }),
   getBuild: ({ buildId }) => ({ path: `/api/v1/builds/${buildId}` }),
   getBuildLogs: ({ buildId }) => ({ path: `/api/v1/builds/${buildId}/logs` }),
+  getAgentLogs: ({ mode }) => ({ path: `/api/v1/workspaces/dev/agent/logs${owner(mode)}` }),
+  agentStartup: () => ({ path: '/api/v1/agent/startup' }),
+  reportAgent: () => ({ path: '/api/v1/agent/report', body: { lifecycle: 'ready' } }),
+  appendAgentLogs: () => ({
+    path: '/api/v1/agent/logs',
+    body: { buildId: 'x', lines: [{ time: '2026-01-01T00:00:00Z', stream: 'stdout', text: 'hi' }] },
+  }),
   registerAgent: () => ({
     path: '/api/v1/agent/register',
     body: {
@@ -135,6 +142,7 @@ const EXPECTED: Record<string, { own: readonly string[]; other?: readonly string
   connectWorkspace: { own: EVERYONE, other: ['owner'] },
   getBuild: { own: EVERYONE },
   getBuildLogs: { own: EVERYONE },
+  getAgentLogs: { own: EVERYONE, other: ['owner'] },
   listAuditLog: { own: ['owner', 'auditor'] },
 }
 

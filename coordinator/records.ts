@@ -3,7 +3,16 @@
  * are storage shapes, not API shapes: they may hold hashes and internal ids
  * that responses leave out.
  */
-import type { AuditEntry, Build, BuildLogLine, UserStatus } from '../sdk/api-types.ts'
+import type {
+  AgentLifecycle,
+  AgentLogInput,
+  AgentStats,
+  AuditEntry,
+  Build,
+  BuildLogLine,
+  ListeningPort,
+  UserStatus,
+} from '../sdk/api-types.ts'
 
 export interface MetaRecord {
   schemaVersion: number
@@ -118,3 +127,26 @@ export interface BuildRecord extends Build {
 }
 
 export type LogRecord = Omit<BuildLogLine, 'type'>
+
+/**
+ * What a workspace's agent last reported, keyed by workspace id. Only the
+ * latest is kept; it counts only while `agentTokenHash` is the workspace's
+ * (a new start, or a stop, makes it stale).
+ */
+export interface AgentReportRecord {
+  agentTokenHash: string
+  lifecycle: AgentLifecycle
+  startError?: string
+  stats?: AgentStats
+  ports?: ListeningPort[]
+  updatedAt: string
+}
+
+/**
+ * One line of a workspace's agent log, keyed `<workspace id>/<seq, 10
+ * digits>`; only the latest start build's lines are kept.
+ */
+export interface AgentLogRecord extends AgentLogInput {
+  seq: number
+  buildId: string
+}

@@ -2,8 +2,12 @@
 import { stream } from 'hono/streaming'
 import { z } from 'zod'
 import {
+  AgentLogsQuery,
+  AgentLogsRequest,
   AgentRegisterRequest,
   AgentRegisterResponse,
+  AgentReportRequest,
+  AgentStartupResponse,
   Build,
   BuildLogsQuery,
   ConnectRequest,
@@ -199,6 +203,32 @@ export function workspaceRoutes(coordinator: Coordinator): AnyRoute[] {
 
     route({
       method: 'GET',
+      path: '/api/v1/workspaces/:name/agent/logs',
+      operationId: 'getAgentLogs',
+      summary:
+        "The workspace agent's log (its startup script's output) as NDJSON AgentLogLines; `?follow=true` keeps streaming new lines",
+      tag: WORKSPACES,
+      auth: 'session',
+      action: 'workspace:read',
+      anyAction: 'workspace:read-any',
+      query: AgentLogsQuery,
+      produces: 'application/x-ndjson',
+      handler: async (c, { query }) => {
+        const ws = await workspaces.record(await ownerOf(c), c.req.param('name') ?? '')
+        const follow = query.follow === 'true' || query.follow === '1'
+        const requestId = c.get('requestId')
+        c.header('content-type', 'application/x-ndjson')
+        c.header('cache-control', 'no-store')
+        return stream(
+          c,
+          (out) => agents.streamLogs(out, ws, follow),
+          async (err) => log.error({ err, request_id: requestId }, 'stream agent logs'),
+        )
+      },
+    }),
+
+    route({
+      method: 'GET',
       path: '/api/v1/builds/:id',
       operationId: 'getBuild',
       summary: "A build of yours (anyone's with workspace:read-any)",
@@ -244,6 +274,45 @@ export function workspaceRoutes(coordinator: Coordinator): AnyRoute[] {
       body: AgentRegisterRequest,
       response: AgentRegisterResponse,
       handler: async (c, { body }) => agents.register(bearerToken(c), body),
+    }),
+
+    route({
+      method: 'GET',
+      path: '/api/v1/agent/startup',
+      operationId: 'agentStartup',
+      summary:
+        "The agent's startup script, from its start build's outputs; `ready: false` while that build runs",
+      tag: AGENTS,
+      auth: 'agent',
+      response: AgentStartupResponse,
+      handler: async (c) => agents.startup(bearerToken(c)),
+    }),
+
+    route({
+      method: 'POST',
+      path: '/api/v1/agent/report',
+      operationId: 'reportAgent',
+      summary: "The agent's lifecycle state, stats and listening ports; only the latest is kept",
+      tag: AGENTS,
+      auth: 'agent',
+      body: AgentReportRequest,
+      status: 204,
+      handler: async (c, { body }) => {
+        await agents.report(bearerToken(c), body)
+        return c.body(null, 204)
+      },
+    }),
+
+    route({
+      method: 'POST',
+      path: '/api/v1/agent/logs',
+      operationId: 'appendAgentLogs',
+      summary: "Lines of the agent's log (startup script output); capped per start",
+      tag: AGENTS,
+      auth: 'agent',
+      body: AgentLogsRequest,
+      response: z.object({ stored: z.number().int() }),
+      handler: async (c, { body }) => agents.appendLogs(bearerToken(c), body),
     }),
   ]
 }

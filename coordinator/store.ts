@@ -18,6 +18,8 @@ import { join } from 'node:path'
 import { MeshError } from '../sdk/errors.ts'
 import { SCHEMA_VERSION } from './constants.ts'
 import type {
+  AgentLogRecord,
+  AgentReportRecord,
   ApiTokenRecord,
   AuditRecord,
   BuildRecord,
@@ -140,6 +142,10 @@ export interface Store {
   readonly buildLogs: Collection<LogRecord>
   /** workspace id → terraform.tfstate, base64 */
   readonly states: Collection<string>
+  /** workspace id → what its agent last reported (lifecycle, stats, ports) */
+  readonly agentReports: Collection<AgentReportRecord>
+  /** `<workspace id>/<seq, 10 digits>` → a line of the agent's log (startup script output) */
+  readonly agentLogs: Collection<AgentLogRecord>
   batch(): Batch
   /** True while the database is open. */
   isOpen(): boolean
@@ -194,6 +200,9 @@ export async function openStore(dataDir: string): Promise<Store> {
     builds: collection('builds'),
     buildLogs: collection('build-logs'),
     states: collection('states'),
+    // Added without a schema version: a store without them reads them as empty.
+    agentReports: collection('agent-reports'),
+    agentLogs: collection('agent-logs'),
     batch: () => newBatch(db),
     isOpen: () => db.status === 'open',
     close: () => db.close(),

@@ -135,13 +135,21 @@ export function createWorkspaces(components: WorkspacesComponents): Workspaces {
 
   async function view(ws: WorkspaceRecord, owner: UserRecord): Promise<Workspace> {
     const build = await latestBuild(ws)
-    const agent =
-      ws.agent === undefined
-        ? null
-        : {
-            ...ws.agent,
-            connected: now() - Date.parse(ws.agent.lastSeenAt) < AGENT_CONNECTED_WINDOW,
-          }
+    let agent: Workspace['agent'] = null
+    if (ws.agent !== undefined) {
+      agent = {
+        ...ws.agent,
+        connected: now() - Date.parse(ws.agent.lastSeenAt) < AGENT_CONNECTED_WINDOW,
+      }
+      // What this agent reported (one of an earlier start no longer counts).
+      const report = await store.agentReports.get(ws.id)
+      if (report !== undefined && report.agentTokenHash === ws.agentTokenHash) {
+        agent.lifecycle = report.lifecycle
+        if (report.startError !== undefined) agent.startError = report.startError
+        if (report.stats !== undefined) agent.stats = report.stats
+        if (report.ports !== undefined) agent.ports = report.ports
+      }
+    }
     return {
       id: ws.id,
       name: ws.name,

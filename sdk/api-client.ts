@@ -11,8 +11,12 @@
 import { isErrorCode, isMeshError, MeshError } from './errors.ts'
 import { assertName, parseWorkspaceRef } from './names.ts'
 import type {
+  AgentLogLine,
+  AgentLogsRequest,
   AgentRegisterRequest,
   AgentRegisterResponse,
+  AgentReportRequest,
+  AgentStartupResponse,
   ApiToken,
   AuditEntry,
   Build,
@@ -88,6 +92,7 @@ const AGENT_REGISTER: Shape = {
   heartbeatSeconds: 'number',
 }
 const LOG_LINE: Shape = { seq: 'number', text: 'string' }
+const AGENT_LOG_LINE: Shape = { seq: 'number', text: 'string', stream: 'string' }
 const BUILD_EVENT: Shape = { build: BUILD }
 
 export class ApiClient {
@@ -233,6 +238,87 @@ export class ApiClient {
     options?: RequestOptions,
   ): Promise<AgentRegisterResponse> {
     return this.json('POST', '/api/v1/agent/register', body, AGENT_REGISTER, options)
+  }
+
+  /** The agent's startup script, once its start build has succeeded (agent token). */
+  agentStartup(options?: RequestOptions): Promise<AgentStartupResponse> {
+    return this.json('GET', '/api/v1/agent/startup', undefined, { ready: 'boolean' }, options)
+  }
+
+  /** The agent's lifecycle state, stats and listening ports (agent token). */
+  async reportAgent(body: AgentReportRequest, options?: RequestOptions): Promise<void> {
+    await this.request('POST', '/api/v1/agent/report', body, options)
+  }
+
+  /** Lines of the agent's log (agent token). */
+  appendAgentLogs(body: AgentLogsRequest, options?: RequestOptions): Promise<{ stored: number }> {
+    return this.json('POST', '/api/v1/agent/logs', body, { stored: 'number' }, options)
+  }
+
+  /**
+   * A workspace's agent log: the lines so far, then, with `follow`, new
+   * lines until the caller stops or the connection ends. `ref` is a
+   * workspace name, or `OWNER/NAME`.
+   */
+  async *agentLogs(
+    ref: string,
+    options: RequestOptions & { follow?: boolean } = {},
+  ): AsyncGenerator<AgentLogLine> {
+    const path = workspacePath(ref, '/agent/logs') + (options.follow === true ? '?follow=true' : '')
+    for await (const value of this.ndjson(path, options)) {
+      if (isRecord(value) && value.type === 'log' && matches(value, AGENT_LOG_LINE)) {
+        yield value as AgentLogLine
+        continue
+      }
+      throw new MeshError(
+        'MESH_NOT_A_COORDINATOR',
+        `${this.url} does not look like a coder-mesh server (its agent log holds lines a coordinator never sends).`,
+      )
+    }
+  }
+
+  /** Parsed lines of an NDJSON answer, as they arrive. */
+  private async *ndjson(path: string, options?: RequestOptions): AsyncGenerator<unknown> {
+    const res = await this.request('GET', path, undefined, { signal: options?.signal })
+    if (res.body === null) return
+    const decoder = new TextDecoder()
+    let pending = ''
+    const reader = res.body[Symbol.asyncIterator]()
+    const parse = (line: string): unknown => {
+      try {
+        return JSON.parse(line)
+      } catch {
+        throw this.notCoordinator(res, 'its answer is not NDJSON')
+      }
+    }
+    try {
+      for (;;) {
+        let next: IteratorResult<Uint8Array>
+        try {
+          next = await reader.next()
+        } catch (err) {
+          if (options?.signal?.aborted === true) throw err
+          throw this.cut(err)
+        }
+        if (next.done === true) break
+        pending += decoder.decode(next.value, { stream: true })
+        let newline = pending.indexOf('\n')
+        while (newline !== -1) {
+          const line = pending.slice(0, newline)
+          pending = pending.slice(newline + 1)
+          if (line.trim() !== '') yield parse(line)
+          newline = pending.indexOf('\n')
+        }
+      }
+      pending += decoder.decode()
+      if (pending.trim() !== '') yield parse(pending)
+    } finally {
+      try {
+        await reader.return?.()
+      } catch {
+        // The stream had already failed.
+      }
+    }
   }
 
   /**

@@ -146,6 +146,93 @@ export const AgentRegisterRequest = z.strictObject({
 })
 export type AgentRegisterRequest = z.infer<typeof AgentRegisterRequest>
 
+/**
+ * Where the agent is in its start (Coder's names): `created` until its start
+ * build has ended and it has its startup script, `starting` while the script
+ * runs, then `ready`, `start_error` (the script failed) or `start_timeout`;
+ * `shutting_down` and `off` when it stops.
+ */
+export const AGENT_LIFECYCLES = [
+  'created',
+  'starting',
+  'ready',
+  'start_error',
+  'start_timeout',
+  'shutting_down',
+  'off',
+] as const
+export type AgentLifecycle = (typeof AGENT_LIFECYCLES)[number]
+
+const count = z.number().int().min(0).max(Number.MAX_SAFE_INTEGER)
+
+/** What the agent measured last: the workspace's machine, and the agent's own traffic. */
+export const AgentStats = z.object({
+  /** When the agent measured. */
+  time: isoTime,
+  /** CPU in use over the last interval, percent of all cores together (0 to 100). */
+  cpuPercent: z.number().min(0).max(100),
+  cpuCores: count,
+  memoryUsedBytes: count,
+  memoryTotalBytes: count,
+  /** The filesystem holding the workspace's home folder. */
+  diskUsedBytes: count,
+  diskTotalBytes: count,
+  /** Open SSH connections (each `ssh`, `scp` or `coder-mesh ssh` is one). */
+  sshSessions: count,
+  /** Client connections to the agent by path (relay connections themselves left out). */
+  connections: z.object({ direct: count, relayed: count }),
+  /** Bytes the mesh services' streams received and sent since the agent started. */
+  rxBytes: count,
+  txBytes: count,
+})
+export type AgentStats = z.infer<typeof AgentStats>
+
+/** A TCP port something listens on in the workspace (from /proc/net/tcp and tcp6). */
+export const ListeningPort = z.object({
+  port: z.number().int().min(1).max(65535),
+  network: z.enum(['tcp', 'tcp6']),
+  /** The local address, e.g. `0.0.0.0`, `127.0.0.1`, `::`. */
+  address: z.string().max(64),
+  /** The listening process's name, when the agent could see it. */
+  process: z.string().max(64).optional(),
+})
+export type ListeningPort = z.infer<typeof ListeningPort>
+
+/** Most listening ports an agent reports. */
+export const MAX_REPORTED_PORTS = 256
+
+export const AgentReportRequest = z.strictObject({
+  lifecycle: z.enum(AGENT_LIFECYCLES),
+  /** Why the start failed or timed out, in one line. */
+  startError: z.string().max(1000).optional(),
+  stats: AgentStats.optional(),
+  ports: z.array(ListeningPort).max(MAX_REPORTED_PORTS).optional(),
+})
+export type AgentReportRequest = z.infer<typeof AgentReportRequest>
+
+export const AGENT_LOG_STREAMS = ['stdout', 'stderr', 'agent'] as const
+
+/** A line of the agent's log, as the agent sends it. */
+export const AgentLogInput = z.object({
+  time: isoTime,
+  /** The startup script's stdout or stderr, or the agent saying what it did. */
+  stream: z.enum(AGENT_LOG_STREAMS),
+  text: z.string().max(16 * 1024),
+})
+export type AgentLogInput = z.infer<typeof AgentLogInput>
+
+export const AgentLogsRequest = z.strictObject({
+  /** The start build whose startup the lines belong to. */
+  buildId: z.string().min(1).max(64),
+  lines: z.array(AgentLogInput).min(1).max(1000),
+})
+export type AgentLogsRequest = z.infer<typeof AgentLogsRequest>
+
+export const AgentLogsQuery = z.object({
+  ...OwnerQuery.shape,
+  follow: z.enum(['true', 'false', '1', '0']).optional(),
+})
+
 // ---------------------------------------------------------------- responses
 
 export const BuildInfo = z.object({ version: z.string() })
@@ -265,6 +352,14 @@ export const AgentInfo = z.object({
   /** True when the agent registered within the last heartbeat window. */
   connected: z.boolean(),
   lastSeenAt: isoTime,
+  /** Absent until the agent reports, and from older coordinators. */
+  lifecycle: z.enum(AGENT_LIFECYCLES).optional(),
+  /** Why the start failed, with `start_error` and `start_timeout`. */
+  startError: z.string().optional(),
+  /** The latest stats; absent until the agent reports them. */
+  stats: AgentStats.optional(),
+  /** The workspace's listening TCP ports, as last reported. */
+  ports: z.array(ListeningPort).optional(),
 })
 export type AgentInfo = z.infer<typeof AgentInfo>
 
@@ -306,6 +401,10 @@ export const ConnectResponse = z.object({
   agent: z.object({ peerId: z.string(), addrs: z.array(z.string()) }),
   /** Circuit relay multiaddrs of the coordinator, each ending in /p2p/<relay>. */
   relays: z.array(z.string()),
+  /** The relay's WebSockets multiaddrs (/ws), for browsers; absent from older coordinators. */
+  webSocketRelays: z.array(z.string()).optional(),
+  /** STUN URLs for WebRTC hole punching (the coordinator's); absent from older coordinators. */
+  iceServers: z.array(z.string()).optional(),
   ticket: z.string(),
   expiresAt: isoTime,
 })
@@ -322,6 +421,8 @@ export const AgentRegisterResponse = z.object({
   /** The coordinator's Ed25519 ticket key, SPKI DER in base64. */
   ticketPublicKey: z.string(),
   relays: z.array(z.string()),
+  /** STUN URLs for WebRTC hole punching (the coordinator's); absent from older coordinators. */
+  iceServers: z.array(z.string()).optional(),
   /** How often the agent should register again, in seconds. */
   heartbeatSeconds: z.number(),
   /**
@@ -332,6 +433,31 @@ export const AgentRegisterResponse = z.object({
   revokedPeers: z.array(RevokedPeer).optional(),
 })
 export type AgentRegisterResponse = z.infer<typeof AgentRegisterResponse>
+
+/** What the agent runs once per start, from the start build's Terraform outputs. */
+export const AgentStartupResponse = z.object({
+  /** False while the start build runs: its outputs are not known yet. Ask again. */
+  ready: z.boolean(),
+  /** The start build; the agent runs the script once per build. */
+  buildId: z.string().optional(),
+  /** The `coder_mesh_startup_script` output; empty when the template has none. */
+  script: z.string().optional(),
+  /** The `coder_mesh_startup_script_timeout` output, seconds; absent: no timeout. */
+  timeoutSeconds: z.number().optional(),
+  /** Outputs left out because they were unusable, one line each (for the agent log). */
+  problems: z.array(z.string()).optional(),
+})
+export type AgentStartupResponse = z.infer<typeof AgentStartupResponse>
+
+/** One line of a workspace's agent log (`GET /workspaces/:name/agent/logs`, NDJSON). */
+export const AgentLogLine = AgentLogInput.extend({
+  type: z.literal('log'),
+  /** From 1 for each start build. */
+  seq: z.number().int(),
+  /** The start build the line belongs to. */
+  buildId: z.string(),
+})
+export type AgentLogLine = z.infer<typeof AgentLogLine>
 
 export const ErrorEnvelopeSchema = z.object({
   code: z.string(),

@@ -186,4 +186,29 @@ describe('file transfer with OpenSSH tools', () => {
     const changes = second.stdout.split('\n').filter((l) => /^[<>ch.*][fdLDS]/.test(l))
     expect(changes.filter((l) => !l.startsWith('.'))).toEqual([])
   })
+
+  it('should refuse put and get on FIFOs at once, and keep serving', async () => {
+    // More FIFOs than libuv has threadpool threads: each open used to hold
+    // one, and four stalled every fs call of the agent.
+    const fifos = ['f1', 'f2', 'f3', 'f4', 'f5'].map((n) => join(remote, n))
+    await execa('mkfifo', fifos)
+    const small = join(local, 'for-fifos.txt')
+    await writeFile(small, 'small\n')
+    const sftpQuick = (batch: string) =>
+      ws.tool('sftp', ['-F', ws.sshConfig, '-b', '-', ws.host], { input: batch, timeout: 60_000 })
+    const puts = await Promise.all(fifos.map((f) => sftpQuick(`put ${small} ${f}\n`)))
+    for (const r of puts) {
+      // OpenSSH's sftp shows the status code's text, not the server's message.
+      expect(r.exitCode, r.stderr).toBe(1)
+      expect(r.stderr).toMatch(/dest open .*f\d.*: Failure/)
+    }
+    // sftp itself refuses to get a FIFO, from the STAT the agent answers.
+    const get = await sftpQuick(`get ${fifos[0]} ${join(local, 'from-fifo')}\n`)
+    expect(get.exitCode, get.stderr).toBe(1)
+    expect(get.stderr).toMatch(/not a regular file/)
+
+    const after = await sftpQuick(`put ${small} ${remote}/after-fifos.txt\n`)
+    expect(after.exitCode, after.stderr).toBe(0)
+    expect(await readFile(join(remote, 'after-fifos.txt'), 'utf8')).toBe('small\n')
+  })
 })

@@ -111,6 +111,33 @@ describe('OpenSSH against the agent', () => {
     expect(r.stderr).not.toMatch(/rtype exit-status/)
   })
 
+  it('should take a command as long as sshd takes (a 40 kB one)', async () => {
+    const long = 'a'.repeat(40_000)
+    const r = await ssh([ws.host, `echo ${long} | wc -c`], { timeout: 60_000 })
+    expect(r.stderr).toBe('')
+    expect(r.stdout.trim()).toBe('40001')
+    expect(r.exitCode).toBe(0)
+  })
+
+  it('should stop the remote command when the local reader goes: ssh HOST yes | head -1', async () => {
+    const pipeline = `ssh -F '${ws.sshConfig}' ${ws.host} 'yes coder-mesh-eow' </dev/null | head -1`
+    const r = await ws.tool('sh', ['-c', pipeline], { timeout: 60_000 })
+    expect(r.stdout).toBe('coder-mesh-eow')
+    expect(r.exitCode).toBe(0)
+    const gone = async (): Promise<boolean> => processesRunning('yes coder-mesh-eow').length === 0
+    await waitFor('the remote yes to end', gone, 20_000)
+  })
+
+  it('should take many connections at once, as editors and scripts open them', async () => {
+    const runs = await Promise.all(
+      Array.from({ length: 24 }, (_, i) => ssh([ws.host, `echo s${i}`], { timeout: 120_000 })),
+    )
+    runs.forEach((r, i) => {
+      expect(r.stderr, `connection ${i}`).toBe('')
+      expect(r.stdout).toBe(`s${i}`)
+    })
+  })
+
   it('should bring a large output complete and in order, stdout and stderr apart', async () => {
     const r = await ssh([ws.host, 'seq 1 200000; seq 1 50000 >&2'])
     const want = (n: number): string =>

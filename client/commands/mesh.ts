@@ -90,10 +90,15 @@ export function registerMeshCommands(program: Command): void {
         'after',
         '\nEach local connection is carried on its own mesh stream to 127.0.0.1:REMOTE (or\n' +
           '[::1]:REMOTE) inside the workspace. A refused remote port closes the local\n' +
-          'connection at once. The local address defaults to 127.0.0.1.',
+          'connection at once. The local address defaults to 127.0.0.1. Without --tcp,\n' +
+          "it names the workspace's listening ports (as 'coder-mesh show' lists them).",
       )
       .action(async (workspace: string, flags: { tcp: string[]; path: PathFlag }) => {
-        const { parseForwardSpecs, runPortForward } = await import('../port-forward.ts')
+        const { nothingToForward, parseForwardSpecs, runPortForward } =
+          await import('../port-forward.ts')
+        if (flags.tcp.length === 0) {
+          throw await nothingToForward(await apiClient(), workspaceFromHost(workspace))
+        }
         const specs = parseForwardSpecs(flags.tcp)
         const api = await apiClient()
         const stop = stopSignal()

@@ -5,7 +5,14 @@
 import type { Command } from 'commander'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { isUnreachable, type ApiClient } from '../../sdk/api-client.ts'
-import type { Build, Transition, Workspace } from '../../sdk/api-types.ts'
+import type {
+  AgentInfo,
+  AgentStats,
+  Build,
+  ListeningPort,
+  Transition,
+  Workspace,
+} from '../../sdk/api-types.ts'
 import { MeshError } from '../../sdk/errors.ts'
 import { assertName, parseWorkspaceRef } from '../../sdk/names.ts'
 import { parseParameter, parseParameters } from '../args.ts'
@@ -22,6 +29,7 @@ import {
 } from '../output.ts'
 import { canPrompt, confirm } from '../prompt.ts'
 import { apiClient } from '../session.ts'
+import { registerLogsCommand } from './logs.ts'
 
 /** How long to keep following a build while the coordinator is away, in ms. */
 export const FOLLOW_RETRY_MS = 60_000
@@ -101,7 +109,10 @@ export function registerWorkspaceCommands(program: Command): void {
         else await write(describeWorkspace(workspace))
       }),
     'coder-mesh show dev',
+    'coder-mesh show dev -o json',
   )
+
+  registerLogsCommand(program)
 
   const lifecycle: { name: string; transition: Transition; does: string; done: string }[] = [
     { name: 'start', transition: 'start', does: 'start a stopped workspace', done: 'is running' },
@@ -249,9 +260,68 @@ function backoff(attempt: number): number {
   return Math.round(base * (0.8 + Math.random() * 0.4))
 }
 
+/** e.g. "connected, ready"; the lifecycle state is left out for agents that report none. */
 function agentState(workspace: Workspace): string {
   if (workspace.agent === null) return '—'
-  return workspace.agent.connected ? 'connected' : 'disconnected'
+  const state = workspace.agent.connected ? 'connected' : 'disconnected'
+  const lifecycle = workspace.agent.lifecycle
+  return lifecycle === undefined ? state : `${state}, ${lifecycle.replace('_', ' ')}`
+}
+
+/** 1536 → "1.5 KiB". */
+export function formatBytes(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB']
+  let value = n
+  let unit = 0
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024
+    unit++
+  }
+  return unit === 0 ? `${value} B` : `${value.toFixed(value < 10 ? 1 : 0)} ${units[unit]}`
+}
+
+function usage(used: number, total: number): string {
+  if (total <= 0) return '—'
+  return `${formatBytes(used)} of ${formatBytes(total)} (${Math.round((100 * used) / total)}%)`
+}
+
+/** The stats rows of `show`. */
+export function describeStats(stats: AgentStats): [string, string][] {
+  const c = stats.connections
+  return [
+    ['CPU', `${stats.cpuPercent}% of ${stats.cpuCores} cores`],
+    ['Memory', usage(stats.memoryUsedBytes, stats.memoryTotalBytes)],
+    ['Disk', usage(stats.diskUsedBytes, stats.diskTotalBytes)],
+    ['SSH sessions', String(stats.sshSessions)],
+    ['Connections', `${c.direct} direct, ${c.relayed} relayed`],
+    ['Traffic', `${formatBytes(stats.rxBytes)} in, ${formatBytes(stats.txBytes)} out`],
+    ['Stats from', `${stats.time} (${timeAgo(stats.time)})`],
+  ]
+}
+
+/** e.g. "8000/tcp python3 (0.0.0.0)", one port a line. */
+export function describePorts(ports: readonly ListeningPort[]): string {
+  if (ports.length === 0) return 'none'
+  return ports
+    .map(
+      (p) =>
+        `${p.port}/${p.network}${p.process === undefined ? '' : ` ${p.process}`} (${p.address})`,
+    )
+    .join('\n')
+}
+
+function agentRows(agent: AgentInfo): [string, string][] {
+  const state = agent.connected ? 'connected' : 'disconnected'
+  const rows: [string, string][] = [
+    ['Agent', `${state}, version ${agent.version}, seen ${timeAgo(agent.lastSeenAt)}`],
+  ]
+  if (agent.lifecycle !== undefined) rows.push(['Lifecycle', agent.lifecycle])
+  if (agent.startError !== undefined) rows.push(['Start error', agent.startError])
+  rows.push(['Agent peer ID', agent.peerId])
+  rows.push(['Agent addresses', agent.addrs.length > 0 ? agent.addrs.join('\n') : '—'])
+  if (agent.stats !== undefined) rows.push(...describeStats(agent.stats))
+  if (agent.ports !== undefined) rows.push(['Listening ports', describePorts(agent.ports)])
+  return rows
 }
 
 /** e.g. "#3 start succeeded, 5m ago". */
@@ -270,17 +340,8 @@ export function describeWorkspace(w: Workspace): string {
     ['Last build', describeBuild(w.latestBuild)],
   ]
   if (w.latestBuild?.error !== undefined) rows.push(['Build error', w.latestBuild.error])
-  if (w.agent === null) {
-    rows.push(['Agent', 'none registered'])
-  } else {
-    const state = w.agent.connected ? 'connected' : 'disconnected'
-    rows.push([
-      'Agent',
-      `${state}, version ${w.agent.version}, seen ${timeAgo(w.agent.lastSeenAt)}`,
-    ])
-    rows.push(['Agent peer ID', w.agent.peerId])
-    rows.push(['Agent addresses', w.agent.addrs.length > 0 ? w.agent.addrs.join('\n') : '—'])
-  }
+  if (w.agent === null) rows.push(['Agent', 'none registered'])
+  else rows.push(...agentRows(w.agent))
   const width = Math.max(...rows.map(([label]) => label.length)) + 2
   // Values come from the server: each line is made printable (a line break
   // in a build error stays one, indented under its label).

@@ -111,3 +111,33 @@ resource "terraform_data" "agent" {
     environment = { CODER_MESH_AGENT_DIR = self.input.dir }
   }
 }
+
+# The startup script: the agent runs it once per start, in the workspace's
+# home with the user's shell, once the start build has ended. Its output is
+# the agent log (`coder-mesh logs NAME`); a non-zero exit is a start error
+# that `coder-mesh show NAME` displays. The coordinator reads these two
+# outputs from the build's state.
+variable "startup_script" {
+  type        = string
+  default     = "echo \"workspace started on $(uname -n) in $PWD\""
+  description = "Shell commands the agent runs once per start (a parameter: --parameter startup_script=...)."
+}
+
+variable "startup_script_timeout" {
+  type        = number
+  default     = 0
+  description = "Seconds the startup script may run before it is stopped (start_timeout); 0 for no limit."
+
+  validation {
+    condition     = var.startup_script_timeout >= 0
+    error_message = "startup_script_timeout must be 0 or more seconds."
+  }
+}
+
+output "coder_mesh_startup_script" {
+  value = var.startup_script
+}
+
+output "coder_mesh_startup_script_timeout" {
+  value = var.startup_script_timeout
+}
