@@ -6,7 +6,7 @@
 import { execa } from 'execa'
 import { createHash } from 'node:crypto'
 import { existsSync } from 'node:fs'
-import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { chmod, lstat, mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -76,6 +76,38 @@ describe('config-ssh block markers', () => {
     })
   }
 
+  it('should give back the user lines byte for byte: invalid UTF-8, mixed endings', () => {
+    const user = Buffer.from('Host a\n  User \xff\xfeb\xe9\r\nHost b\r\n', 'latin1')
+    const text = user.toString('latin1')
+    const block = renderBlock({ binary: '/opt/é/coder-mesh', workspaces: ['dev'] })
+    const out = Buffer.from(replaceBlock(text, 'cfg', block), 'latin1')
+    expect(out.subarray(0, user.length).equals(user)).toBe(true)
+    // The block's own non-ASCII text is UTF-8.
+    expect(out.includes(Buffer.from('/opt/é/coder-mesh', 'utf8'))).toBe(true)
+    const removed = Buffer.from(removeBlock(out.toString('latin1'), 'cfg'), 'latin1')
+    expect(removed.equals(user)).toBe(true)
+  })
+
+  it('should take indented markers as markers', () => {
+    const text = USER_BEFORE + OLD.replace(BLOCK_START, `  ${BLOCK_START}`) + USER_AFTER
+    const out = replaceBlock(text, 'cfg', BLOCK)
+    expect(out.split(BLOCK_START)).toHaveLength(2)
+    expect(out).not.toContain('/old/coder-mesh')
+  })
+
+  it('should leave the file as it was after an add and a remove', () => {
+    const added = replaceBlock(USER_BEFORE, 'cfg', BLOCK)
+    expect(removeBlock(added, 'cfg')).toBe(USER_BEFORE)
+  })
+
+  it('should refuse a config folder or binary path with a line break', () => {
+    const evil = '/tmp/x\nHost *\n  ProxyCommand touch PWNED'
+    expect(() => renderBlock({ binary: '/bin/cm', configDir: evil, workspaces: [] })).toThrow(
+      /line break/,
+    )
+    expect(() => renderBlock({ binary: evil, workspaces: [] })).toThrow(/line break/)
+  })
+
   it('should remove the block and nothing else', () => {
     expect(removeBlock(USER_BEFORE + OLD + USER_AFTER, 'cfg')).toBe(USER_BEFORE + USER_AFTER)
     expect(removeBlock(USER_BEFORE, 'cfg')).toBe(USER_BEFORE)
@@ -90,6 +122,32 @@ describe('config-ssh on a malformed file, through the CLI', () => {
   })
   afterAll(async () => {
     await rm(user.home, { recursive: true, force: true })
+  })
+
+  it('should refuse a FIFO or a device at once, and write through a dangling symlink', async () => {
+    const fifo = join(user.home, 'fifo')
+    await execa('mkfifo', [fifo])
+    const r = await runCli(user.env, ['config-ssh', '-y', '--ssh-config-file', fifo], {
+      timeout: 20_000,
+    })
+    expect(r.exitCode).toBe(1)
+    expect(r.stderr).toMatch(/not a regular file.*MESH_BAD_ARGUMENT/)
+
+    const dev = await runCli(user.env, [
+      'config-ssh',
+      '--dry-run',
+      '--ssh-config-file',
+      '/dev/null',
+    ])
+    expect(dev.exitCode).toBe(1)
+    expect(dev.stderr).toMatch(/not a regular file/)
+
+    // Logged out, a dangling link is still checked before the server is asked.
+    const link = join(user.home, 'link')
+    await symlink('dots/missing_config', link)
+    const viaLink = await runCli(user.env, ['config-ssh', '-y', '--ssh-config-file', link])
+    expect(viaLink.stderr).toMatch(/MESH_NOT_LOGGED_IN/)
+    expect((await lstat(link)).isSymbolicLink()).toBe(true)
   })
 
   it('should exit non-zero with the line numbers and leave the file byte-identical', async () => {
@@ -142,7 +200,7 @@ describe('ProxyCommand quoting', () => {
       await chmod(binary, 0o755)
       const config = join(dir, 'config')
       const block = renderBlock({ binary, configDir: cfgDir, workspaces: ['dev'] })
-      await writeFile(config, replaceBlock('', config, block))
+      await writeFile(config, Buffer.from(replaceBlock('', config, block), 'latin1'))
 
       const parsed = await execa('ssh', ['-F', config, '-G', 'coder-mesh.dev'], { reject: false })
       expect(parsed.exitCode).toBe(0)

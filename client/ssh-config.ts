@@ -5,6 +5,11 @@
  * touched. A file whose markers are out of order, duplicated or half
  * missing is refused as it is: guessing which lines are ours could delete
  * the user's own Host entries.
+ *
+ * Texts here are the file's bytes read as latin1, one character a byte, so
+ * the user's lines go back byte for byte whatever their encoding (invalid
+ * UTF-8 included); the block's own lines are turned into that form by
+ * `asBytes` before they go in.
  */
 import { MeshError } from '../sdk/errors.ts'
 
@@ -15,19 +20,30 @@ export const BLOCK_END = '# -------------END-CODER-MESH-------------'
 export type BlockPlace = { kind: 'none' } | { kind: 'found'; start: number; end: number }
 
 /**
- * Splits a config file into lines the way OpenSSH reads it: LF or CRLF
- * endings. A trailing newline does not make an extra empty line.
+ * Splits a config file into lines at LF. Each line keeps a CR it ends
+ * with, so files with CRLF (or mixed) endings come back as they were. A
+ * trailing newline does not make an extra empty line.
  */
 function splitLines(text: string): string[] {
   if (text === '') return []
-  const lines = text.split('\n').map((line) => line.replace(/\r$/, ''))
+  const lines = text.split('\n')
   if (lines.at(-1) === '') lines.pop()
   return lines
 }
 
-/** True when `line` is `marker`, allowing trailing blanks (an editor may leave them). */
+/** True when `line` is `marker`, allowing blanks around it (CR, editors' indentation). */
 function isMarker(line: string, marker: string): boolean {
-  return line.trimEnd() === marker
+  return line.trim() === marker
+}
+
+/** The line ending the block's own lines get: CRLF when the file's first line has one. */
+function lineEnding(text: string): string {
+  return /^[^\n]*\r\n/.test(text) ? '\r' : ''
+}
+
+/** `line` (any Unicode) as its UTF-8 bytes, one character a byte, to join a file's text. */
+export function asBytes(line: string): string {
+  return Buffer.from(line, 'utf8').toString('latin1')
 }
 
 function lineList(indexes: number[]): string {
@@ -68,34 +84,36 @@ export function findBlock(text: string, file: string): BlockPlace {
 
 /**
  * `text` with the managed block replaced by `block` (lines without the
- * markers), or added at the end when there is none. Line endings follow
- * the file's: CRLF when its first line ends in CRLF.
+ * markers), or added at the end when there is none.
  */
 export function replaceBlock(text: string, file: string, block: string[]): string {
   const place = findBlock(text, file)
-  const eol = /^[^\n]*\r\n/.test(text) ? '\r\n' : '\n'
+  const cr = lineEnding(text)
   const lines = splitLines(text)
-  const managed = [BLOCK_START, ...block, BLOCK_END]
+  const managed = [BLOCK_START, ...block, BLOCK_END].map((line) => asBytes(line) + cr)
 
   let out: string[]
   if (place.kind === 'found') {
     out = [...lines.slice(0, place.start), ...managed, ...lines.slice(place.end + 1)]
   } else {
     // A blank line between the user's last entry and ours, for the eye.
-    const gap = lines.length > 0 && lines.at(-1)?.trim() !== '' ? [''] : []
+    const gap = lines.length > 0 && lines.at(-1)?.trim() !== '' ? [cr] : []
     out = [...lines, ...gap, ...managed]
   }
-  return out.join(eol) + eol
+  return out.join('\n') + '\n'
 }
 
 /** `text` with the managed block taken out; unchanged when there is none. */
 export function removeBlock(text: string, file: string): string {
   const place = findBlock(text, file)
   if (place.kind === 'none') return text
-  const eol = /^[^\n]*\r\n/.test(text) ? '\r\n' : '\n'
   const lines = splitLines(text)
-  const out = [...lines.slice(0, place.start), ...lines.slice(place.end + 1)]
-  return out.length === 0 ? '' : out.join(eol) + eol
+  const before = lines.slice(0, place.start)
+  const after = lines.slice(place.end + 1)
+  // The blank line replaceBlock put before a block at the end goes with it.
+  if (after.length === 0 && before.length > 0 && before.at(-1)?.trim() === '') before.pop()
+  const out = [...before, ...after]
+  return out.length === 0 ? '' : out.join('\n') + '\n'
 }
 
 /**
@@ -121,6 +139,19 @@ export const HOST_PREFIX = 'coder-mesh.'
 
 /** The lines of the managed block, between its markers. */
 export function renderBlock(init: BlockInit): string[] {
+  for (const [what, path] of [
+    ['The coder-mesh binary path', init.binary],
+    ['The config folder', init.configDir ?? ''],
+  ] as const) {
+    // A line break would end the ProxyCommand line and start a new option.
+    if (/[\r\n\0]/.test(path)) {
+      throw new MeshError(
+        'MESH_BAD_ARGUMENT',
+        `${what} contains a line break, which an SSH config line cannot carry: ` +
+          `${JSON.stringify(path)}. Use a folder without one.`,
+      )
+    }
+  }
   const command = [proxyCommandWord(init.binary)]
   if (init.configDir !== undefined) {
     command.push('--global-config', proxyCommandWord(init.configDir))

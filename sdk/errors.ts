@@ -45,7 +45,7 @@ export const ERROR_STATUS = {
   MESH_PROVISION_CANCELED: 0,
   /** The URL answered, but not like a coordinator (HTML, `{}`, another API). */
   MESH_NOT_A_COORDINATOR: 0,
-  /** The CLI cannot save its session in the config folder. */
+  /** The CLI cannot save a file of its own: its session, or the SSH config it edits. */
   MESH_CONFIG_UNWRITABLE: 0,
   /** config-ssh found its block's marker lines out of order, doubled or missing. */
   MESH_SSH_CONFIG_MALFORMED: 0,

@@ -5,7 +5,7 @@
  */
 import type { Command } from 'commander'
 import { randomBytes } from 'node:crypto'
-import { chmod, mkdir, open, readFile, realpath, rename, rm, stat } from 'node:fs/promises'
+import { chmod, lstat, mkdir, open, readFile, readlink, rename, rm, stat } from 'node:fs/promises'
 import { homedir } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -33,42 +33,72 @@ function expandHome(file: string): string {
   return file === '~' || file.startsWith('~/') ? join(homedir(), file.slice(1)) : file
 }
 
-async function readConfig(file: string): Promise<string> {
+/** An SSH client config larger than this is surely not one. */
+const MAX_CONFIG_BYTES = 16 * 1024 * 1024
+
+function unreadable(file: string, why: string, cause?: unknown): MeshError {
+  return new MeshError(
+    'MESH_BAD_ARGUMENT',
+    `Cannot use ${file} as the SSH config: ${why}. Name another with --ssh-config-file.`,
+    { cause },
+  )
+}
+
+/**
+ * Where the config's bytes live: the file itself, or for a symlink (a
+ * dotfiles checkout) the file it points to, even when that does not exist
+ * yet. Anything but a regular file (a folder, a device, a FIFO that would
+ * block) is refused.
+ */
+async function configTarget(file: string): Promise<string> {
+  let target = file
+  for (let hops = 0; ; hops++) {
+    let info
+    try {
+      info = await lstat(target)
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return target
+      throw unreadable(file, (err as Error).message, err)
+    }
+    if (info.isSymbolicLink()) {
+      if (hops >= 40) throw unreadable(file, 'too many levels of symbolic links')
+      target = resolve(dirname(target), await readlink(target))
+      continue
+    }
+    if (!info.isFile()) throw unreadable(file, 'it is not a regular file')
+    if (info.size > MAX_CONFIG_BYTES) {
+      throw unreadable(file, `it is ${info.size} bytes, too large for an SSH config`)
+    }
+    return target
+  }
+}
+
+/** The file's bytes as latin1 text (see ssh-config.ts), '' when there is none. */
+async function readConfig(target: string, file: string): Promise<string> {
   try {
-    return await readFile(file, 'utf8')
+    return (await readFile(target)).toString('latin1')
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return ''
-    throw new MeshError(
-      'MESH_CONFIG_UNWRITABLE',
-      `Cannot read the SSH config ${file}: ${(err as Error).message}.`,
-      { cause: err },
-    )
+    throw unreadable(file, (err as Error).message, err)
   }
 }
 
 /**
- * Writes `text` to `file` through a temporary file renamed over it, so an
- * interrupted run leaves the old file or the new one, never half of one.
- * A symlinked config (dotfiles) is written where the link points; the
- * file keeps its mode, and a new one is private (0600, folder 0700).
+ * Writes `text` to `target` through a temporary file renamed over it, so
+ * an interrupted run leaves the old file or the new one, never half of one.
+ * The file keeps its mode; a new one is private (0600, folder 0700).
  */
-async function writeConfig(file: string, text: string): Promise<void> {
-  let target = file
-  try {
-    target = await realpath(file)
-  } catch {
-    // Not there yet: created below.
-  }
+async function writeConfig(target: string, text: string): Promise<void> {
   const mode = await stat(target).then(
     (s) => s.mode & 0o777,
     () => 0o600,
   )
-  await mkdir(dirname(target), { recursive: true, mode: 0o700 })
   const temp = `${target}.${randomBytes(6).toString('hex')}.tmp`
   try {
+    await mkdir(dirname(target), { recursive: true, mode: 0o700 })
     const handle = await open(temp, 'wx', mode)
     try {
-      await handle.writeFile(text)
+      await handle.writeFile(Buffer.from(text, 'latin1'))
       await handle.sync()
     } finally {
       await handle.close()
@@ -106,7 +136,8 @@ export function registerConfigSshCommand(program: Command): void {
       .option('--remove', 'take the coder-mesh block out of the file')
       .action(async (flags: ConfigSshFlags) => {
         const file = resolve(expandHome(flags.sshConfigFile))
-        const before = await readConfig(file)
+        const target = await configTarget(file)
+        const before = await readConfig(target, file)
         // A malformed block is refused before anything else happens.
         findBlock(before, file)
 
@@ -132,7 +163,7 @@ export function registerConfigSshCommand(program: Command): void {
         }
 
         if (flags.dryRun === true) {
-          process.stdout.write(after)
+          process.stdout.write(Buffer.from(after, 'latin1'))
           return
         }
         if (after === before) {
@@ -150,7 +181,7 @@ export function registerConfigSshCommand(program: Command): void {
             throw new MeshError('MESH_BAD_ARGUMENT', 'Canceled.')
           }
         }
-        await writeConfig(file, after)
+        await writeConfig(target, after)
         process.stderr.write(`${summary}\n`)
       }),
     'coder-mesh config-ssh -y && ssh coder-mesh.dev',
