@@ -196,6 +196,10 @@ export async function createSshService(init: SshServiceInit): Promise<SshService
       // ssh2 (patched, see patches/) then ends ours too, as sshd would, and
       // hangs up the sessions.
       server.injectSocket(duplex as unknown as Socket)
+      // The client's EOF can come in the same read as its ticket, and then
+      // 'end' was emitted before ssh2 was listening: without this, ssh2
+      // would send its version line and wait for the client for ever.
+      if (duplex.readableEnded) duplex.emit('end')
     },
     async close() {
       closed = true
