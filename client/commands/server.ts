@@ -20,7 +20,7 @@ export function registerServerCommands(program: Command): void {
   examples(
     program
       .command('server')
-      .description('run the coordinator: API, web UI, store, relay and provisioner')
+      .description('run the coordinator: API, store, relay, STUN and provisioner')
       .option('--address <host:port>', 'address to listen on (default 127.0.0.1:7080)')
       .option('--data-dir <dir>', 'where the store lives (default: $CODER_MESH_DATA_DIR or XDG)')
       .option('--access-url <url>', 'the URL workspaces and users reach this server at')

@@ -45,7 +45,7 @@ export function registerTemplateCommands(program: Command): void {
         await write(`Template ${name} version ${version.version} pushed (${count})\n`)
       }),
     'coder-mesh templates push local',
-    'coder-mesh templates push docker -d ./templates/docker -m "bigger disk"',
+    'coder-mesh templates push local -d ./examples/templates/local -m "bigger disk"',
   )
 
   examples(

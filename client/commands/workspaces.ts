@@ -74,7 +74,7 @@ export function registerWorkspaceCommands(program: Command): void {
         await write(`Workspace ${name} is running\n`)
       }),
     'coder-mesh create dev --template local',
-    'coder-mesh create dev --template docker --parameter cpu=2 --parameter image=ubuntu:24.04 -y',
+    "coder-mesh create dev --template local --parameter startup_script='echo hi' -y",
   )
 
   examples(
@@ -115,7 +115,14 @@ export function registerWorkspaceCommands(program: Command): void {
   registerLogsCommand(program)
 
   const lifecycle: { name: string; transition: Transition; does: string; done: string }[] = [
-    { name: 'start', transition: 'start', does: 'start a stopped workspace', done: 'is running' },
+    {
+      name: 'start',
+      transition: 'start',
+      does:
+        "start a stopped workspace; on a running one, rebuild it on the template's " +
+        'active version (its processes are stopped)',
+      done: 'is running',
+    },
     {
       name: 'stop',
       transition: 'stop',
