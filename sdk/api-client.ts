@@ -277,20 +277,31 @@ export class ApiClient {
     }
   }
 
-  /** Parsed lines of an NDJSON answer, as they arrive. */
-  private async *ndjson(path: string, options?: RequestOptions): AsyncGenerator<unknown> {
+  /**
+   * Parsed lines of an NDJSON answer, as they arrive; `parse` turns a line
+   * into a value (by default JSON.parse, a bad line meaning the URL is no
+   * coordinator). A cut connection is MESH_SERVER_UNREACHABLE.
+   */
+  private async *ndjson<T = unknown>(
+    path: string,
+    options?: RequestOptions,
+    parse?: (res: Response, line: string) => T,
+  ): AsyncGenerator<T> {
     const res = await this.request('GET', path, undefined, { signal: options?.signal })
     if (res.body === null) return
+    const parseLine =
+      parse ??
+      ((_: Response, line: string): T => {
+        try {
+          return JSON.parse(line) as T
+        } catch {
+          throw this.notCoordinator(res, 'its answer is not NDJSON')
+        }
+      })
+
     const decoder = new TextDecoder()
     let pending = ''
     const reader = res.body[Symbol.asyncIterator]()
-    const parse = (line: string): unknown => {
-      try {
-        return JSON.parse(line)
-      } catch {
-        throw this.notCoordinator(res, 'its answer is not NDJSON')
-      }
-    }
     try {
       for (;;) {
         let next: IteratorResult<Uint8Array>
@@ -306,13 +317,14 @@ export class ApiClient {
         while (newline !== -1) {
           const line = pending.slice(0, newline)
           pending = pending.slice(newline + 1)
-          if (line.trim() !== '') yield parse(line)
+          if (line.trim() !== '') yield parseLine(res, line)
           newline = pending.indexOf('\n')
         }
       }
       pending += decoder.decode()
-      if (pending.trim() !== '') yield parse(pending)
+      if (pending.trim() !== '') yield parseLine(res, pending)
     } finally {
+      // Left early (the caller stopped, or a bad line): let the connection go.
       try {
         await reader.return?.()
       } catch {
@@ -327,43 +339,9 @@ export class ApiClient {
    * A cut connection is MESH_SERVER_UNREACHABLE; the stream may also end
    * without a `build` event when the coordinator shuts down.
    */
-  async *followBuildLogs(id: string, options?: RequestOptions): AsyncGenerator<BuildLogEvent> {
+  followBuildLogs(id: string, options?: RequestOptions): AsyncGenerator<BuildLogEvent> {
     const path = `/api/v1/builds/${idSeg(id)}/logs?follow=true`
-    const res = await this.request('GET', path, undefined, { signal: options?.signal })
-    if (res.body === null) return
-
-    const decoder = new TextDecoder()
-    let pending = ''
-    const reader = res.body[Symbol.asyncIterator]()
-    try {
-      for (;;) {
-        let next: IteratorResult<Uint8Array>
-        try {
-          next = await reader.next()
-        } catch (err) {
-          if (options?.signal?.aborted === true) throw err
-          throw this.cut(err)
-        }
-        if (next.done === true) break
-        pending += decoder.decode(next.value, { stream: true })
-        let newline = pending.indexOf('\n')
-        while (newline !== -1) {
-          const line = pending.slice(0, newline)
-          pending = pending.slice(newline + 1)
-          if (line.trim() !== '') yield this.logEvent(res, line)
-          newline = pending.indexOf('\n')
-        }
-      }
-      pending += decoder.decode()
-      if (pending.trim() !== '') yield this.logEvent(res, pending)
-    } finally {
-      // Left early (the caller stopped, or a bad line): let the connection go.
-      try {
-        await reader.return?.()
-      } catch {
-        // The stream had already failed.
-      }
-    }
+    return this.ndjson(path, options, (res, line) => this.logEvent(res, line))
   }
 
   private logEvent(res: Response, line: string): BuildLogEvent {
