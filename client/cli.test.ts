@@ -369,6 +369,18 @@ describe('coder-mesh against a server', SLOW, () => {
       expectOneLineError(missing.stderr, 'MESH_WORKSPACE_NOT_FOUND')
     })
 
+    it("should list another user's or everyone's workspaces with an OWNER column", async () => {
+      const all = await cli(['list', '--all'])
+      expect(all.stdout).toMatch(/^OWNER\s+NAME\s+TEMPLATE\s+STATUS/)
+      expect(all.stdout).toMatch(/\nadmin\s+dev\s+mytpl\s+running/)
+      const mine = JSON.parse((await cli(['list', '--owner', 'admin', '-o', 'json'])).stdout)
+      expect(mine.map((w: { owner: string }) => w.owner)).toEqual(['admin', 'admin'])
+
+      const both = await cli(['list', '--all', '--owner', 'admin'])
+      expect(both.exitCode).toBe(1)
+      expectOneLineError(both.stderr, 'MESH_BAD_ARGUMENT')
+    })
+
     it("should show a running agent's peer ID and every address, one a line", async () => {
       const push = await cli(['templates', 'push', 'local'])
       expect(push.exitCode, push.stderr).toBe(0)

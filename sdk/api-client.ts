@@ -144,8 +144,10 @@ export class ApiClient {
     return this.listAll(templatePath(name, '/versions'), {}, TEMPLATE_VERSION, options)
   }
 
-  workspaces(options?: RequestOptions): Promise<Workspace[]> {
-    return this.listAll('/api/v1/workspaces', {}, WORKSPACE, options)
+  /** Your workspaces; `owner`'s, or everyone's with `all` (as a role allows). */
+  workspaces(options?: RequestOptions & { owner?: string; all?: boolean }): Promise<Workspace[]> {
+    const query = { owner: options?.owner, all: options?.all === true ? 'true' : undefined }
+    return this.listAll('/api/v1/workspaces', query, WORKSPACE, options)
   }
 
   users(options?: RequestOptions): Promise<User[]> {

@@ -81,18 +81,39 @@ export function registerWorkspaceCommands(program: Command): void {
     program
       .command('list')
       .alias('ls')
-      .description('list your workspaces')
+      .description("list your workspaces (or another user's, or everyone's)")
+      .option('--owner <user>', "list this user's workspaces (owners only)")
+      .option('-a, --all', "list every user's workspaces (owners only)")
       .addOption(outputOption())
-      .action(async (flags: { output: OutputFormat }) => {
+      .action(async (flags: { output: OutputFormat; owner?: string; all?: boolean }) => {
+        if (flags.owner !== undefined && flags.all === true) {
+          throw new MeshError('MESH_BAD_ARGUMENT', 'Pass --owner or --all, not both.')
+        }
         const api = await apiClient()
-        await writeListing(flags.output, await api.workspaces(), {
-          headers: ['NAME', 'TEMPLATE', 'STATUS', 'AGENT', 'LAST BUILD'],
-          row: (w) => [w.name, w.template, w.status, agentState(w), describeBuild(w.latestBuild)],
+        const others = flags.owner !== undefined || flags.all === true
+        const list = await api.workspaces({ owner: flags.owner, all: flags.all })
+        await writeListing(flags.output, list, {
+          headers: [
+            ...(others ? ['OWNER'] : []),
+            'NAME',
+            'TEMPLATE',
+            'STATUS',
+            'AGENT',
+            'LAST BUILD',
+          ],
+          row: (w) => [
+            ...(others ? [w.owner] : []),
+            w.name,
+            w.template,
+            w.status,
+            agentState(w),
+            describeBuild(w.latestBuild),
+          ],
           empty: "No workspaces yet: create one with 'coder-mesh create NAME --template T'.",
         })
       }),
     'coder-mesh list',
-    'coder-mesh list -o json',
+    'coder-mesh list --all -o json',
   )
 
   examples(
