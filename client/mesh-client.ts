@@ -442,7 +442,9 @@ async function connectWithRetry(
 
 function mayComeUp(workspace: Workspace, code: ErrorCode): boolean {
   if (workspace.status === 'pending' || workspace.status === 'starting') return true
-  return workspace.status === 'running' && code === 'MESH_AGENT_NOT_CONNECTED'
+  // An agent that said it stopped will not come back by itself.
+  const stopped = workspace.agent?.lifecycle === 'off'
+  return workspace.status === 'running' && code === 'MESH_AGENT_NOT_CONNECTED' && !stopped
 }
 
 /**

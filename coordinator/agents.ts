@@ -36,7 +36,7 @@ import type { AgentReportRecord, RevocationRecord, UserRecord, WorkspaceRecord }
 import type { RelayPolicy } from './relay.ts'
 import { AGENT_TOKEN_PREFIX, hashToken } from './secrets.ts'
 import type { Store } from './store.ts'
-import type { Workspaces } from './workspaces.ts'
+import { agentSaidOff, type Workspaces } from './workspaces.ts'
 
 export interface AgentsComponents {
   store: Store
@@ -220,6 +220,14 @@ export function createAgents(components: AgentsComponents): Agents {
         throw new MeshError(
           'MESH_AGENT_NOT_CONNECTED',
           `The agent of workspace ${JSON.stringify(name)} has not connected yet.`,
+        )
+      }
+      if (agentSaidOff(ws, await store.agentReports.get(ws.id))) {
+        throw new MeshError(
+          'MESH_AGENT_NOT_CONNECTED',
+          `The agent of workspace ${JSON.stringify(name)} has stopped. Restart the ` +
+            `workspace with 'coder-mesh restart ${name}'.`,
+          { detail: 'its last report was lifecycle off' },
         )
       }
       // The same window the workspace's `agent.connected` reports.

@@ -20,7 +20,7 @@ import { stripOwner } from './build-logs.ts'
 import { isBuildActive, workspaceLock, type Builds } from './builds.ts'
 import { AGENT_CONNECTED_WINDOW } from './constants.ts'
 import type { KeyedLock } from './lock.ts'
-import type { BuildRecord, UserRecord, WorkspaceRecord } from './records.ts'
+import type { AgentReportRecord, BuildRecord, UserRecord, WorkspaceRecord } from './records.ts'
 import type { Store } from './store.ts'
 import type { Templates } from './templates.ts'
 import { quoteText } from './text.ts'
@@ -114,6 +114,17 @@ function checkParameters(parameters: Record<string, string>): void {
   throw new MeshError('MESH_VALIDATION', `Invalid ${which} ${first.detail}.`, { validations })
 }
 
+/**
+ * True when the workspace's current agent said it stopped (its last report,
+ * `off`, came after its last registration): it is not connected, whatever
+ * the heartbeat window says, until it registers again.
+ */
+export function agentSaidOff(ws: WorkspaceRecord, report: AgentReportRecord | undefined): boolean {
+  if (ws.agent === undefined || report === undefined) return false
+  if (report.agentTokenHash !== ws.agentTokenHash || report.lifecycle !== 'off') return false
+  return Date.parse(report.updatedAt) >= Date.parse(ws.agent.lastSeenAt)
+}
+
 function notFound(name: string): MeshError {
   return new MeshError(
     'MESH_WORKSPACE_NOT_FOUND',
@@ -143,6 +154,7 @@ export function createWorkspaces(components: WorkspacesComponents): Workspaces {
       }
       // What this agent reported (one of an earlier start no longer counts).
       const report = await store.agentReports.get(ws.id)
+      if (agentSaidOff(ws, report)) agent.connected = false
       if (report !== undefined && report.agentTokenHash === ws.agentTokenHash) {
         agent.lifecycle = report.lifecycle
         if (report.startError !== undefined) agent.startError = report.startError

@@ -197,7 +197,14 @@ describe('workspace services', () => {
     process.kill(-pid, 'SIGTERM')
     await waitFor('the agent to stop', async () => !alive(pid), 20_000)
     // Its last word on the way out.
-    expect((await show('svc')).agent?.lifecycle).toBe('off')
+    const stopped = (await show('svc')).agent
+    expect(stopped?.lifecycle).toBe('off')
+    expect(stopped?.connected).toBe(false)
+    // No waiting for an agent that said it stopped, and a way out.
+    const refused = await server.cli(['ssh', 'svc', '--', 'true'], { timeout: 30_000 })
+    expect(refused.exitCode).not.toBe(0)
+    expect(refused.stderr).toMatch(/has stopped.*coder-mesh restart svc.*MESH_AGENT_NOT_CONNECTED/)
+    expect(refused.stderr).not.toMatch(/Waiting for the agent/)
 
     const restarted = execa(BIN, ['agent'], {
       env: environ,
