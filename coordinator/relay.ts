@@ -15,6 +15,7 @@
  */
 import type { ConnectionGater, PeerId, PrivateKey, StreamHandlerRecord } from '@libp2p/interface'
 import { readFile } from 'node:fs/promises'
+import { isIPv4 } from 'node:net'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import type { Logger } from '../sdk/logger.ts'
@@ -278,6 +279,24 @@ export interface CoordinatorStun {
 }
 
 /**
+ * `--stun-address`: `IPV4:PORT`, the host empty for 0.0.0.0 and port 0 for
+ * any free one; MESH_BAD_ARGUMENT otherwise.
+ */
+export function stunHostPort(address: string): { host: string; port: number } {
+  const match = /^([0-9.]*):(\d{1,5})$/.exec(address)
+  const host = match?.[1] || '0.0.0.0'
+  const port = Number(match?.[2])
+  if (match === null || port > 65535 || !isIPv4(host)) {
+    throw new MeshError(
+      'MESH_BAD_ARGUMENT',
+      `Invalid --stun-address ${JSON.stringify(address)}: ` +
+        'use IPV4:PORT, e.g. --stun-address 0.0.0.0:3478, or off.',
+    )
+  }
+  return { host, port }
+}
+
+/**
  * Starts the STUN responder (netstack/stun.ts) on `address` (`host:port`,
  * IPv4; port 0 picks one), or nothing when `address` is false. Peers reach
  * it at the host they reach the coordinator at (the access URL's), unless
@@ -296,14 +315,7 @@ export async function startCoordinatorStun(
   log: Logger,
 ): Promise<CoordinatorStun> {
   if (address === false) return { iceServers: () => [], close: async () => undefined }
-  const match = /^([0-9.]*):(\d{1,5})$/.exec(address)
-  const port = Number(match?.[2])
-  if (match === null || port > 65535) {
-    throw new MeshError('MESH_BAD_ARGUMENT', `Invalid STUN address ${JSON.stringify(address)}.`, {
-      detail: 'use IPV4:PORT, e.g. 0.0.0.0:3478, or off',
-    })
-  }
-  const host = match[1] || '0.0.0.0'
+  const { host, port } = stunHostPort(address)
   let server: StunServer
   try {
     server = await startStunServer({ host, port })

@@ -4,7 +4,7 @@
  */
 import { createAdaptorServer } from '@hono/node-server'
 import type { Server } from 'node:http'
-import { isIPv4, type AddressInfo } from 'node:net'
+import type { AddressInfo } from 'node:net'
 import { defaultDataDir } from '../sdk/config.ts'
 import { MeshError } from '../sdk/errors.ts'
 import { createLogger, type Logger } from '../sdk/logger.ts'
@@ -13,6 +13,7 @@ import type { ProvisionFn } from './builds.ts'
 import { DEFAULT_ADDRESS } from './constants.ts'
 import { openCoordinator, type Coordinator } from './coordinator.ts'
 import type { AppEnv } from './http.ts'
+import { stunHostPort } from './relay.ts'
 
 export interface ServerInit {
   /** host:port to listen on; port 0 picks a free one. */
@@ -94,15 +95,7 @@ export function parseAccessUrl(raw: string): string {
  * or false for no STUN responder; MESH_BAD_ARGUMENT otherwise.
  */
 export function parseStunAddress(raw: string | false): string | false {
-  if (raw === false) return false
-  const match = /^([0-9.]*):(\d{1,5})$/.exec(raw)
-  if (match === null || Number(match[2]) > 65535 || (match[1] !== '' && !isIPv4(match[1]!))) {
-    throw new MeshError(
-      'MESH_BAD_ARGUMENT',
-      `Invalid --stun-address ${JSON.stringify(raw)}: ` +
-        'use IPV4:PORT, e.g. --stun-address 0.0.0.0:3478, or off.',
-    )
-  }
+  if (raw !== false) stunHostPort(raw)
   return raw
 }
 
