@@ -8,10 +8,13 @@
  * (TCP, Noise, Yamux as netstack/node.ts builds it). The ticket key is
  * made here instead of by a coordinator.
  *
- *   node bench/forward-micro.ts [--mib 256] [--runs 5] [--prof DIR]
+ *   node bench/forward-micro.ts [--mib 256] [--runs 5] [--prof DIR] [--verbose]
  *
- * With --prof, both processes run under `node --cpu-prof` and write their
- * profiles into DIR (open them in Chrome DevTools or speedscope).
+ * With --prof, the processes run under `node --cpu-prof` and write their
+ * profiles into DIR as agent, client and echo-client (open them in Chrome
+ * DevTools or speedscope, or read them with bench/profile-summary.ts).
+ * --verbose prints each throughput run with the CPU time and the read and
+ * write system calls each process spent per MiB.
  */
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { Command } from 'commander'
@@ -35,7 +38,7 @@ import {
 } from '../netstack/ticket.ts'
 import { createLogger } from '../sdk/logger.ts'
 import { formatSummary } from './report.ts'
-import { cpuSeconds, repeat, summarize } from './stats.ts'
+import { cpuSeconds, repeat, summarize, syscallCount } from './stats.ts'
 import { echoLoad, MiB, startTraffic, throughput } from './traffic.ts'
 
 const SELF = fileURLToPath(import.meta.url)
@@ -102,22 +105,25 @@ async function main(): Promise<void> {
     .option('--mib <n>', 'MiB per throughput run', '256')
     .option('--runs <n>', 'throughput runs', '5')
     .option('--prof <dir>', 'write CPU profiles of both processes here')
+    .option('--verbose', 'print each run: CPU and system calls per MiB of each process')
     .parse()
-    .opts<{ mib: string; runs: string; prof?: string }>()
+    .opts<{ mib: string; runs: string; prof?: string; verbose?: boolean }>()
+  const mib = Number(opts.mib)
   const traffic = await startTraffic()
   const env = {
     ...process.env,
     BENCH_TICKET_KEY: exportTicketPrivateKey(newTicketKeyPair().privateKey),
   }
-  const nodeArgs = (role: string): string[] => [
+  // The profile is named for the process: the echo load has a client of its own.
+  const nodeArgs = (name: string): string[] => [
     '--disable-warning=ExperimentalWarning',
     ...(opts.prof === undefined
       ? []
-      : ['--cpu-prof', `--cpu-prof-dir=${opts.prof}`, `--cpu-prof-name=${role}.cpuprofile`]),
+      : ['--cpu-prof', `--cpu-prof-dir=${opts.prof}`, `--cpu-prof-name=${name}.cpuprofile`]),
     SELF,
   ]
-  const spawn = (role: string, args: string[]): ResultPromise =>
-    execa(process.execPath, [...nodeArgs(role), role, ...args], {
+  const spawn = (role: string, args: string[], name = role): ResultPromise =>
+    execa(process.execPath, [...nodeArgs(name), role, ...args], {
       env,
       reject: false,
       buffer: false,
@@ -127,18 +133,28 @@ async function main(): Promise<void> {
   const [peer, addr] = (await firstLine(agentChild)).split(' ')
   const clientChild = spawn('client', [`${addr}/p2p/${peer}`, String(traffic.source)])
   const port = Number(/:(\d+)$/.exec(await firstLine(clientChild))?.[1])
-  const echoClient = spawn('client', [`${addr}/p2p/${peer}`, String(traffic.echo)])
+  const echoClient = spawn('client', [`${addr}/p2p/${peer}`, String(traffic.echo)], 'echo-client')
   const echoPort = Number(/:(\d+)$/.exec(await firstLine(echoClient))?.[1])
   try {
     await throughput(port, 8 * MiB)
     // CPU per byte moved: on a shared machine wall-clock throughput follows
     // whatever else runs, the CPU our two processes spend per byte does not.
-    const cpu = (): number => cpuSeconds(agentChild.pid!) + cpuSeconds(clientChild.pid!)
+    const pids = [agentChild.pid!, clientChild.pid!]
     const perMiB: number[] = []
     const mbps = await repeat(Number(opts.runs), async () => {
-      const before = cpu()
+      const cpuBefore = pids.map(cpuSeconds)
+      const callsBefore = pids.map(syscallCount)
       const rate = await throughput(port, Number(opts.mib) * MiB)
-      perMiB.push(((cpu() - before) * 1000) / Number(opts.mib))
+      const ms = pids.map((pid, i) => ((cpuSeconds(pid) - cpuBefore[i]!) * 1000) / mib)
+      const calls = pids.map((pid, i) => (syscallCount(pid) - callsBefore[i]!) / mib)
+      perMiB.push(ms[0]! + ms[1]!)
+      if (opts.verbose === true) {
+        console.log(
+          `  run: ${rate.toFixed(0)} MB/s; CPU ms per MiB agent ${ms[0]!.toFixed(2)}, ` +
+            `client ${ms[1]!.toFixed(2)}; read+write calls per MiB agent ` +
+            `${calls[0]!.toFixed(0)}, client ${calls[1]!.toFixed(0)}`,
+        )
+      }
       return rate
     })
     console.log(`one stream: ${formatSummary(mbps, 'MB/s')}`)

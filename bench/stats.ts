@@ -97,3 +97,15 @@ export function cpuSeconds(pid: number): number {
     return NaN
   }
 }
+
+/** Read and write system calls `pid` has made so far (/proc/PID/io), or NaN. */
+export function syscallCount(pid: number): number {
+  try {
+    const io = readFileSync(`/proc/${pid}/io`, 'utf8')
+    const field = (name: string): number =>
+      Number(new RegExp(`^${name}: (\\d+)$`, 'm').exec(io)?.[1])
+    return field('syscr') + field('syscw')
+  } catch {
+    return NaN
+  }
+}

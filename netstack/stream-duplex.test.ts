@@ -1,5 +1,6 @@
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import type { Stream } from '@libp2p/interface'
+import { createHash, randomBytes } from 'node:crypto'
 import { Writable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -80,6 +81,78 @@ describe('toDuplex', () => {
     expect(received).toBe(total + 1)
     expect(peak).toBeLessThanOrEqual(STREAM_WINDOW_BYTES + MiB)
   }, 120_000)
+
+  /** Everything `receiver` gets after pair()'s first byte, and how many messages it came in. */
+  function collect(receiver: Stream): Promise<{ bytes: Buffer; messages: number }> {
+    const chunks: Buffer[] = []
+    let messages = 0
+    let first = true
+    receiver.addEventListener('message', (evt) => {
+      let data = Buffer.from(evt.data.subarray())
+      if (first) {
+        first = false
+        data = data.subarray(1)
+        if (data.length === 0) return
+      }
+      messages++
+      chunks.push(data)
+    })
+    return new Promise((resolve) => {
+      receiver.addEventListener('remoteCloseWrite', () =>
+        resolve({ bytes: Buffer.concat(chunks), messages }),
+      )
+    })
+  }
+
+  it('should send the writes of one event-loop turn as one message', async () => {
+    const { sender, receiver } = await pair()
+    const got = collect(receiver)
+    const writer = toDuplex(sender)
+    const parts = Array.from({ length: 32 }, () => randomBytes(2048))
+    for (const part of parts) writer.write(part)
+    writer.end()
+
+    const { bytes, messages } = await got
+    expect(bytes.equals(Buffer.concat(parts))).toBe(true)
+    // One Yamux frame for 32 writes: the per-frame work on both ends (a
+    // Noise message, events, a window update) is paid once.
+    expect(messages).toBe(1)
+  })
+
+  it('should keep every byte in order across batches larger than one', async () => {
+    const { sender, receiver } = await pair()
+    const got = collect(receiver)
+    const writer = toDuplex(sender)
+    const sent = createHash('sha256')
+    let total = 0
+    for (let i = 0; i < 40; i++) {
+      // Uneven sizes, so batch edges fall inside writes.
+      const part = randomBytes(100_000 + i * 997)
+      sent.update(part)
+      total += part.length
+      if (!writer.write(part)) await new Promise((r) => writer.once('drain', r))
+    }
+    writer.end()
+
+    const { bytes } = await got
+    expect(bytes.length).toBe(total)
+    expect(createHash('sha256').update(bytes).digest('hex')).toBe(sent.digest('hex'))
+  })
+
+  it('should send a lone small write without waiting for more', async () => {
+    const { sender, receiver } = await pair()
+    const writer = toDuplex(sender)
+    const arrived = new Promise<string>((resolve) => {
+      receiver.addEventListener('message', (evt) => {
+        const text = Buffer.from(evt.data.subarray()).toString()
+        if (text.includes('ls\n')) resolve(text)
+      })
+    })
+    // An interactive keystroke: nothing follows it, and the stream stays open.
+    writer.write('ls\n')
+    expect(await arrived).toContain('ls\n')
+    writer.destroy()
+  })
 
   it('should report an aborted stream as an error, never as a clean end', async () => {
     const { receiver } = await pair()
