@@ -8,13 +8,14 @@
  * - A node that only dials (the CLI) loads it on its first WebRTC dial: it
  *   dials WebRTC only to upgrade a connection that already works
  *   (netstack/dial.ts), so nobody waits for it.
- * - A listening node (the agent, `preload`) starts loading it in the
- *   background as the node starts. Its listener needs nothing from the
+ * - A listening node (the agent, `answer`) loads it on the first WebRTC
+ *   signalling stream a client opens: a stand-in handler takes that stream,
+ *   loads the module, lets the real transport register its own handler and
+ *   hands the stream over. An agent nobody upgrades to WebRTC never loads it
+ *   (about 21 MiB of its idle memory). Its listener needs nothing from the
  *   module (it only derives `<relay>/p2p-circuit/webrtc` addresses from the
  *   relay listeners, as @libp2p/webrtc's own WebRTCPeerListener does), so
- *   the node's addresses are there at once; WebRTC signalling is answered
- *   once the module is in. An upgrade attempt that comes earlier fails and
- *   the dialer tries again later.
+ *   the node's addresses are there at once.
  */
 import { serviceCapabilities, transportSymbol } from '@libp2p/interface'
 import type {
@@ -22,6 +23,7 @@ import type {
   DialTransportOptions,
   Listener,
   ListenerEvents,
+  Stream,
   Transport,
 } from '@libp2p/interface'
 import type { Multiaddr } from '@multiformats/multiaddr'
@@ -35,14 +37,24 @@ type RealTransport = Transport & {
 export interface LazyWebRtcInit {
   /** Passed to webRTC() as is. */
   rtcConfiguration: () => { iceServers: { urls: string }[] }
-  /** Start loading the module as the node starts (listening nodes). */
-  preload?: boolean
+  /** Answer WebRTC signalling (listening nodes), loading the module on the first stream. */
+  answer?: boolean
 }
+
+type StreamHandler = (stream: Stream, connection: Connection) => void | Promise<void>
 
 interface Components {
   transportManager: { getListeners(): Listener[] }
   events: EventTarget
+  registrar: {
+    handle(protocol: string, handler: StreamHandler, options?: object): Promise<void>
+    unhandle(protocol: string): Promise<void>
+    getHandler(protocol: string): { handler: StreamHandler }
+  }
 }
+
+/** @libp2p/webrtc's signalling protocol, named here so answering it needs no import. */
+const SIGNALING_PROTOCOL = '/webrtc-signaling/0.0.1'
 
 const CIRCUIT = /\/p2p\/[^/]+\/p2p-circuit$/
 
@@ -90,17 +102,34 @@ class CircuitWebRtcListener extends TypedEventEmitter<ListenerEvents> implements
 
 export function lazyWebRTC(init: LazyWebRtcInit): (components: unknown) => Transport {
   return (components) => {
+    const { registrar } = components as Components
     let real: Promise<RealTransport> | undefined
+    let standIn = false
     let stopped = false
     const load = (): Promise<RealTransport> =>
       (real ??= import('@libp2p/webrtc').then(async ({ webRTC }) => {
         const factory = webRTC({ rtcConfiguration: init.rtcConfiguration }) as unknown
         const transport = (factory as (c: unknown) => RealTransport)(components)
         if (stopped) throw new Error('the node stopped')
-        // Registers the signalling protocol handler (incoming WebRTC).
+        // The real transport registers its own signalling handler.
+        if (standIn) {
+          standIn = false
+          await registrar.unhandle(SIGNALING_PROTOCOL)
+        }
         await transport.start?.()
         return transport
       }))
+
+    /** Takes the first signalling streams while the module loads, then hands them over. */
+    const answerFirst: StreamHandler = async (stream, connection) => {
+      try {
+        await load()
+        await registrar.getHandler(SIGNALING_PROTOCOL).handler(stream, connection)
+      } catch (err) {
+        stream.abort(err as Error)
+      }
+    }
+
     const transport = {
       [transportSymbol]: true,
       [Symbol.toStringTag]: '@libp2p/webrtc (loaded lazily)',
@@ -115,13 +144,22 @@ export function lazyWebRTC(init: LazyWebRtcInit): (components: unknown) => Trans
         if (stopped) throw new Error('the node is stopping')
         return (await load()).dial(ma, options)
       },
-      start(): void {
+      async start(): Promise<void> {
         stopped = false
-        if (init.preload === true) void load().catch(() => undefined)
+        if (init.answer !== true) return
+        // Signalling comes over the relayed connection, a limited one.
+        await registrar.handle(SIGNALING_PROTOCOL, answerFirst, { runOnLimitedConnection: true })
+        standIn = true
       },
       async stop(): Promise<void> {
         stopped = true
+        if (standIn) {
+          standIn = false
+          await registrar.unhandle(SIGNALING_PROTOCOL)
+        }
         const loaded = await real?.catch(() => undefined)
+        // A node started again makes a new transport (the module stays loaded).
+        real = undefined
         await loaded?.stop?.()
       },
     }

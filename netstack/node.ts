@@ -159,7 +159,7 @@ export async function createMeshNode(init: MeshNodeInit): Promise<MeshNode> {
     // path: on the first dial, or in the background on a listening node.
     const { lazyWebRTC } = await import('./lazy-webrtc.ts')
     const listening = listen.length > 0
-    transports.push(lazyWebRTC({ rtcConfiguration, preload: listening }))
+    transports.push(lazyWebRTC({ rtcConfiguration, answer: listening }))
     // A listening node (the agent) advertises <relay>/p2p-circuit/webrtc
     // addresses and answers WebRTC signalling.
     if (listening) listen.push('/webrtc')
