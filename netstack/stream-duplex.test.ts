@@ -5,6 +5,7 @@ import { Writable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { STREAM_WINDOW_BYTES } from './constants.ts'
+import { sendUntil } from './speedtest.ts'
 import { createMeshNode, type MeshNode } from './node.ts'
 import { toDuplex } from './stream-duplex.ts'
 
@@ -137,6 +138,29 @@ describe('toDuplex', () => {
     const { bytes } = await got
     expect(bytes.length).toBe(total)
     expect(createHash('sha256').update(bytes).digest('hex')).toBe(sent.digest('hex'))
+  })
+
+  it('should hold a writer that never yields to what the stream can send', async () => {
+    const { sender, receiver } = await pair()
+    let received = 0
+    receiver.addEventListener('message', (evt) => {
+      received += evt.data.byteLength
+    })
+    const writer = toDuplex(sender)
+
+    // As the speed test sends: write until a deadline, waiting only when
+    // write() says so. Every 'drain' a window update brings is no proof of
+    // room; taking it as one let such a writer queue hundreds of MB in the
+    // stream while the link carried a third of it.
+    const sent = await sendUntil(writer, performance.now() + 500)
+    const backlog = sender.writeBufferLength + writer.writableLength
+    writer.end()
+    await new Promise<void>((resolve) =>
+      receiver.addEventListener('remoteCloseWrite', () => resolve()),
+    )
+
+    expect(backlog).toBeLessThan(MiB)
+    expect(received).toBe(sent + 1)
   })
 
   it('should send a lone small write without waiting for more', async () => {

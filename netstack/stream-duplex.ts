@@ -78,12 +78,29 @@ class StreamDuplex extends Duplex {
     // Not stream.onDrain(): @libp2p/utils 7 never resets the promise it
     // hands out, so after the first drain every later call resolves at once
     // and a fast writer would queue without bound in the stream's write
-    // buffer (PROBES trap 4, field case B26).
-    stream.addEventListener('drain', () => {
-      if (!this.full) return
-      this.full = false
-      this.flush()
-    })
+    // buffer (PROBES trap 4, field case B26). Nor is a 'drain' itself proof
+    // of room: Yamux dispatches one on every window update, and the stream's
+    // own handler sends its backlog only in a microtask after it; so room is
+    // judged after that microtask, and again when the backlog is gone. Never
+    // from inside these events: 'idle' comes while the stream is still in
+    // its send loop, where a send() is queued but, the loop being over,
+    // never sent.
+    const judgeRoom = (): void => {
+      if (this.full) queueMicrotask(() => this.onRoom())
+    }
+    stream.addEventListener('drain', judgeRoom)
+    stream.addEventListener('idle', judgeRoom)
+  }
+
+  /** Whether the stream takes more now, with no backlog of its own beyond a batch. */
+  private streamHasRoom(): boolean {
+    return !this.stream.writableNeedsDrain && this.stream.writeBufferLength < WRITE_BATCH_BYTES
+  }
+
+  private onRoom(): void {
+    if (!this.full || !this.streamHasRoom()) return
+    this.full = false
+    this.flush()
   }
 
   override _read(): void {
@@ -130,7 +147,7 @@ class StreamDuplex extends Duplex {
       this.pending = []
       this.pendingBytes = 0
       try {
-        this.full = !this.stream.send(batch)
+        this.full = !this.stream.send(batch) || !this.streamHasRoom()
       } catch (err) {
         this.releaseHeld(err as Error)
         this.destroy(err as Error)
