@@ -4,29 +4,18 @@
  * that cannot be reached (or answers with a server error) is retried with
  * exponential backoff; an unauthenticated answer is final.
  */
-import { readFileSync } from 'node:fs'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { ApiClient } from '../sdk/api-client.ts'
 import type { AgentRegisterRequest, AgentRegisterResponse } from '../sdk/api-types.ts'
 import { isMeshError } from '../sdk/errors.ts'
 import type { Logger } from '../sdk/logger.ts'
+import { packageVersion } from '../sdk/paths.ts'
 
 export const BACKOFF_INITIAL_MS = 1000
 export const BACKOFF_MAX_MS = 30_000
 
 /** The package version, sent with every registration. */
-export const AGENT_VERSION: string = readVersion()
-
-function readVersion(): string {
-  try {
-    const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as {
-      version?: unknown
-    }
-    return typeof pkg.version === 'string' ? pkg.version : 'unknown'
-  } catch {
-    return 'unknown'
-  }
-}
+export const AGENT_VERSION: string = packageVersion()
 
 /** Delay before retry number `attempt` (0-based): 1 s doubling to 30 s, ±20% jitter. */
 export function backoffDelay(attempt: number): number {

@@ -184,6 +184,11 @@ export async function runControlPlane(mesh: Mesh, init: ControlPlaneInit): Promi
 
   const baseline = await sampleCoordinator(pid, init.cpuWindowMs)
   const baseLatency = await listLatency(mesh, init.apiSeconds)
+  // The anchor for "time to connect all": one agent with the coordinator to itself.
+  const alone = join(dir, 'tokens-alone.txt')
+  await writeFile(alone, tokens[0]!)
+  const single = await simulate(mesh, [alone], init.stepTimeoutMs)
+  await stopSimulation(single)
   const rows: Row[] = []
   let lastGood: { count: number; rss: number } | undefined
 
@@ -211,6 +216,7 @@ export async function runControlPlane(mesh: Mesh, init: ControlPlaneInit): Promi
           figure: `${label}: time to connect all`,
           unit: 's',
           value: one(sim.ms / 1000),
+          anchor: { name: 'one agent alone', value: one(single.ms / 1000) },
           note,
         },
         {
@@ -263,6 +269,7 @@ export async function runControlPlane(mesh: Mesh, init: ControlPlaneInit): Promi
       figure: '10,000 agents: coordinator RSS, extrapolated',
       unit: 'MiB',
       value: one(baseline.rss + perAgent * 10_000),
+      anchor: { name: 'the 2 GiB target', value: one(2048) },
       note: `from ${lastGood.count} agents: ${(perAgent * 1024).toFixed(0)} KiB per agent`,
     })
   }

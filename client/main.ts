@@ -5,7 +5,7 @@
  * --version stay fast.
  */
 import { Command } from 'commander'
-import { readFileSync, realpathSync } from 'node:fs'
+import { realpathSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import { ENV_CONFIG_DIR } from '../sdk/config.ts'
 import { isVerbose, lifetime } from './cli.ts'
@@ -20,13 +20,9 @@ import { registerTokenCommands } from './commands/tokens.ts'
 import { registerUserCommands } from './commands/users.ts'
 import { registerWorkspaceCommands } from './commands/workspaces.ts'
 import { reportError } from './errors.ts'
+import { packageVersion } from '../sdk/paths.ts'
 
-export function packageVersion(): string {
-  const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as {
-    version?: string
-  }
-  return pkg.version ?? '0.0.0'
-}
+export { packageVersion }
 
 export function buildProgram(): Command {
   const program = new Command('coder-mesh')

@@ -6,7 +6,6 @@
  */
 import { peerIdFromString } from '@libp2p/peer-id'
 import { resolve } from 'node:path'
-import { fileURLToPath } from 'node:url'
 import { createLogger, type Logger } from '../sdk/logger.ts'
 import type { MeshNode } from '../netstack/node.ts'
 import type { TicketKeyPair } from '../netstack/ticket.ts'
@@ -40,6 +39,7 @@ import { createApiTokens, type ApiTokens } from './tokens.ts'
 import { createUserAdmin, type UserAdmin } from './user-admin.ts'
 import { createUsers, type Users } from './users.ts'
 import { createWorkspaces, type Workspaces } from './workspaces.ts'
+import { CODER_MESH_BIN } from '../sdk/paths.ts'
 
 export interface CoordinatorInit {
   dataDir: string
@@ -91,7 +91,7 @@ export interface Coordinator {
 }
 
 /** `<package>/bin/coder-mesh`, the CLI that templates start the agent with. */
-export const CODER_MESH_BIN = fileURLToPath(new URL('../bin/coder-mesh', import.meta.url))
+export { CODER_MESH_BIN }
 
 const defaultProvision: ProvisionFn = async (job, options) => {
   // Loaded on the first build: the server starts without it.

@@ -80,6 +80,9 @@ describe('workspace lifecycle over the mesh', () => {
     const r = await server.cli(['config-ssh', '-y'])
     expect(r.exitCode).toBe(0)
     expect(r.stderr).toContain('coder-mesh.dev')
+    // This HOME is not the account's home, which is where OpenSSH looks for
+    // ~/.ssh/config: the hint names the file it must be given.
+    expect(r.stderr).toContain(`Try: ssh -F ${file} coder-mesh.dev`)
     const written = await readFile(file, 'utf8')
     expect(written.startsWith(mine)).toBe(true)
 

@@ -6,9 +6,8 @@
 import type { Command } from 'commander'
 import { randomBytes } from 'node:crypto'
 import { chmod, lstat, mkdir, open, readFile, readlink, rename, rm, stat } from 'node:fs/promises'
-import { homedir } from 'node:os'
+import { homedir, userInfo } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
-import { fileURLToPath } from 'node:url'
 import { configDir, ENV_CONFIG_DIR } from '../../sdk/config.ts'
 import { MeshError } from '../../sdk/errors.ts'
 import { examples } from '../cli.ts'
@@ -16,6 +15,7 @@ import { printable } from '../output.ts'
 import { canPrompt, confirm } from '../prompt.ts'
 import { apiClient } from '../session.ts'
 import { findBlock, HOST_PREFIX, removeBlock, renderBlock, replaceBlock } from '../ssh-config.ts'
+import { CODER_MESH_BIN } from '../../sdk/paths.ts'
 
 interface ConfigSshFlags {
   sshConfigFile: string
@@ -26,7 +26,7 @@ interface ConfigSshFlags {
 
 /** The CLI's own launcher, which brings the right Node with it. */
 export function cliBinary(): string {
-  return resolve(dirname(fileURLToPath(import.meta.url)), '../../bin/coder-mesh')
+  return CODER_MESH_BIN
 }
 
 function expandHome(file: string): string {
@@ -122,6 +122,18 @@ async function workspaceNames(): Promise<string[]> {
   return workspaces.filter((w) => w.owner === me.username).map((w) => w.name)
 }
 
+/**
+ * How to run ssh so that it reads `file`. OpenSSH takes `~` from the
+ * account's entry in the password database, never from $HOME: with HOME
+ * pointing elsewhere, plain `ssh` would not see the file we just wrote.
+ */
+function tryCommand(file: string): string {
+  const accountHome = userInfo().homedir
+  const ownConfig = resolve(accountHome, '.ssh', 'config')
+  if (file === ownConfig || resolve(homedir()) === resolve(accountHome)) return 'ssh'
+  return `ssh -F ${printable(file)}`
+}
+
 export function registerConfigSshCommand(program: Command): void {
   examples(
     program
@@ -159,7 +171,7 @@ export function registerConfigSshCommand(program: Command): void {
           summary =
             `Updated ${file}: ${HOST_PREFIX}* for every workspace of yours` +
             (names.length > 0 ? ` (now ${printable(hosts)})` : '') +
-            `.\nTry: ssh ${HOST_PREFIX}${names[0] ?? 'NAME'}`
+            `.\nTry: ${tryCommand(file)} ${HOST_PREFIX}${names[0] ?? 'NAME'}`
         }
 
         if (flags.dryRun === true) {

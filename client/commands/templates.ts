@@ -4,13 +4,13 @@
 import type { Command } from 'commander'
 import { readdir, readFile, realpath, stat } from 'node:fs/promises'
 import { join, relative, resolve, sep } from 'node:path'
-import { fileURLToPath } from 'node:url'
 import type { TemplateFile } from '../../sdk/api-types.ts'
 import { MeshError } from '../../sdk/errors.ts'
 import { assertName, nameProblem } from '../../sdk/names.ts'
 import { examples } from '../cli.ts'
 import { outputOption, timeAgo, write, writeListing, type OutputFormat } from '../output.ts'
 import { apiClient } from '../session.ts'
+import { PACKAGE_ROOT } from '../../sdk/paths.ts'
 
 /** Most files a template version may hold (the API's limit). */
 export const MAX_TEMPLATE_FILES = 1000
@@ -95,7 +95,7 @@ export function registerTemplateCommands(program: Command): void {
  */
 export async function defaultTemplateDir(name: string): Promise<string> {
   if (nameProblem(name) === undefined) {
-    const shipped = fileURLToPath(new URL(`../../examples/templates/${name}/`, import.meta.url))
+    const shipped = join(PACKAGE_ROOT, 'examples', 'templates', name) + sep
     if ((await stat(shipped).catch(() => undefined))?.isDirectory() === true) return shipped
   }
   return process.cwd()
