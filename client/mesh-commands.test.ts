@@ -170,7 +170,8 @@ describe('coder-mesh port-forward, ping and speedtest', () => {
   async function agentPid(): Promise<number> {
     for (const pid of await processesUnder(server.dataDir)) {
       const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')
-      if (cmdline.includes('main.ts\0agent')) return pid
+      // The agent runs from the bundle (dist/main.js) or, when stale, the sources.
+      if (/main\.[jt]s\0agent/.test(cmdline)) return pid
     }
     throw new Error('no agent process')
   }

@@ -1,8 +1,10 @@
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import type { Stream } from '@libp2p/interface'
+import { execa } from 'execa'
 import { createHash, randomBytes } from 'node:crypto'
 import { Writable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
+import { fileURLToPath } from 'node:url'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { STREAM_WINDOW_BYTES } from './constants.ts'
 import { sendUntil } from './speedtest.ts'
@@ -13,6 +15,14 @@ const PROTOCOL = '/coder-mesh-test/sink/1.0.0'
 const MiB = 1024 * 1024
 
 describe('toDuplex', () => {
+  // The nodes stop after the last test with some streams still open; a
+  // stream cut off like that fails its duplex, which is what it should do,
+  // and must not fail the run as an unhandled 'error'.
+  const open = (stream: Stream): ReturnType<typeof toDuplex> => {
+    const duplex = toDuplex(stream)
+    duplex.on('error', () => undefined)
+    return duplex
+  }
   let a: MeshNode
   let b: MeshNode
   const inbound: Stream[] = []
@@ -43,8 +53,8 @@ describe('toDuplex', () => {
 
   it('should hold a fast sender to about one window while the reader keeps stalling', async () => {
     const { sender, receiver } = await pair()
-    const duplex = toDuplex(receiver)
-    const writer = toDuplex(sender)
+    const duplex = open(receiver)
+    const writer = open(sender)
     const total = 256 * MiB
     const block = Buffer.alloc(MiB)
     let written = 0
@@ -108,7 +118,7 @@ describe('toDuplex', () => {
   it('should send the writes of one event-loop turn as one message', async () => {
     const { sender, receiver } = await pair()
     const got = collect(receiver)
-    const writer = toDuplex(sender)
+    const writer = open(sender)
     const parts = Array.from({ length: 32 }, () => randomBytes(2048))
     for (const part of parts) writer.write(part)
     writer.end()
@@ -123,7 +133,7 @@ describe('toDuplex', () => {
   it('should keep every byte in order across batches larger than one', async () => {
     const { sender, receiver } = await pair()
     const got = collect(receiver)
-    const writer = toDuplex(sender)
+    const writer = open(sender)
     const sent = createHash('sha256')
     let total = 0
     for (let i = 0; i < 40; i++) {
@@ -146,7 +156,7 @@ describe('toDuplex', () => {
     receiver.addEventListener('message', (evt) => {
       received += evt.data.byteLength
     })
-    const writer = toDuplex(sender)
+    const writer = open(sender)
 
     // As the speed test sends: write until a deadline, waiting only when
     // write() says so. Every 'drain' a window update brings is no proof of
@@ -165,7 +175,7 @@ describe('toDuplex', () => {
 
   it('should send a lone small write without waiting for more', async () => {
     const { sender, receiver } = await pair()
-    const writer = toDuplex(sender)
+    const writer = open(sender)
     const arrived = new Promise<string>((resolve) => {
       receiver.addEventListener('message', (evt) => {
         const text = Buffer.from(evt.data.subarray()).toString()
@@ -178,9 +188,36 @@ describe('toDuplex', () => {
     writer.destroy()
   })
 
+  it('should deliver all a paused stream holds when both ends have closed', async () => {
+    const { sender, receiver } = await pair()
+    const reader = open(receiver)
+    const writer = open(sender)
+    const payload = randomBytes(512 * 1024)
+    const first = Buffer.alloc(1)
+
+    // Nobody reads yet: the duplex fills and pauses the stream, which then
+    // holds the rest. Both ends finish writing, so the stream closes while
+    // it still holds data (a half-closed request, answered to a slow reader).
+    reader.pause()
+    writer.end(payload)
+    reader.end()
+    for (let i = 0; i < 200 && receiver.status !== 'closed'; i++) {
+      await new Promise((r) => setTimeout(r, 20))
+    }
+    expect(receiver.status).toBe('closed')
+    expect(receiver.readBufferLength).toBeGreaterThan(0)
+
+    const chunks: Buffer[] = []
+    for await (const chunk of reader) chunks.push(chunk as Buffer)
+    const got = Buffer.concat(chunks)
+    // pair() sent one byte before the payload.
+    expect(got.length).toBe(payload.length + first.length)
+    expect(got.subarray(1).equals(payload)).toBe(true)
+  })
+
   it('should report an aborted stream as an error, never as a clean end', async () => {
     const { receiver } = await pair()
-    const duplex = toDuplex(receiver)
+    const duplex = open(receiver)
     const sink = new Writable({ write: (_chunk, _encoding, callback) => callback() })
     const piped = pipeline(duplex, sink).then(
       () => 'end',
@@ -189,5 +226,65 @@ describe('toDuplex', () => {
     await new Promise((r) => setTimeout(r, 50))
     receiver.abort(new Error('read buffer overflow'))
     expect(await piped).toBe('error')
+  })
+})
+
+/** A peer in its own process: dials ADDR, opens PROTOCOL, sends 1 MiB and waits to be killed. */
+const DYING_PEER = `
+const { generateKeyPair } = await import('@libp2p/crypto/keys')
+const { multiaddr } = await import('@multiformats/multiaddr')
+const { createMeshNode } = await import(process.env.NODE_TS)
+const node = await createMeshNode({ privateKey: await generateKeyPair('Ed25519'), listen: [] })
+const connection = await node.dial(multiaddr(process.env.ADDR))
+const stream = await connection.newStream(process.env.PROTOCOL)
+stream.send(new Uint8Array(1024 * 1024))
+console.log('sent')
+setInterval(() => {}, 1000)
+`
+
+describe('toDuplex when the connection goes away', () => {
+  it('should fail, not end, when the peer process dies mid-transfer', async () => {
+    const node = await createMeshNode({
+      privateKey: await generateKeyPair('Ed25519'),
+      listen: ['/ip4/127.0.0.1/tcp/0'],
+    })
+    try {
+      const outcome = new Promise<string>((resolve) => {
+        void node.handle(PROTOCOL, (stream) => {
+          const reader = toDuplex(stream)
+          reader.on('end', () => resolve('end'))
+          reader.on('error', (err: Error) => resolve(`error: ${err.message}`))
+          reader.resume()
+        })
+      })
+      const peer = execa(
+        process.execPath,
+        ['--disable-warning=ExperimentalWarning', '--input-type=module', '-e', DYING_PEER],
+        {
+          env: {
+            NODE_TS: fileURLToPath(new URL('./node.ts', import.meta.url)),
+            ADDR: node.getMultiaddrs()[0]!.toString(),
+            PROTOCOL,
+          },
+          cwd: fileURLToPath(new URL('..', import.meta.url)),
+          reject: false,
+        },
+      )
+      await new Promise<void>((resolve) => {
+        peer.stdout!.on('data', (chunk: Buffer) => {
+          if (chunk.toString().includes('sent')) resolve()
+        })
+      })
+      await new Promise((r) => setTimeout(r, 200))
+
+      // Killed: the kernel closes its TCP connection, with no FIN for the
+      // stream. A clean end here would pass a cut-off transfer off as whole.
+      peer.kill('SIGKILL')
+      await peer
+
+      expect(await outcome).toMatch(/^error: /)
+    } finally {
+      await node.stop()
+    }
   })
 })

@@ -54,15 +54,24 @@ class StreamDuplex extends Duplex {
       }
     })
 
-    // 'end' fires once the read buffer has drained after the remote closed
-    // its writable end, so no byte the remote sent is dropped here. An abort
-    // also dispatches 'end' (before its 'close' with the error): that is no
-    // end of input, and the 'close' below turns it into an error instead of
-    // a clean EOF that would pass a truncated transfer off as complete.
-    stream.addEventListener('end', () => {
-      if (stream.status !== 'aborted' && stream.status !== 'reset') this.push(null)
+    // Whether the other end really finished sending (its FIN came): the
+    // stream also reports its remote side closed when the connection under
+    // it went away, which is no end of input.
+    let remoteFinished = stream.remoteWriteStatus === 'closed'
+    stream.addEventListener('remoteCloseWrite', () => {
+      remoteFinished = true
     })
-    if (stream.readableEnded) this.push(null)
+
+    // 'end' fires once the read buffer has drained after the remote closed
+    // its writable end, so no byte the remote sent is dropped here. An abort,
+    // or a connection that went away, also dispatches 'end': that is no end
+    // of input, and the 'close' below turns it into an error instead of a
+    // clean EOF that would pass a truncated transfer off as complete.
+    stream.addEventListener('end', () => {
+      const failed = stream.status === 'aborted' || stream.status === 'reset'
+      if (remoteFinished && !failed) this.push(null)
+    })
+    if (stream.readableEnded && remoteFinished) this.push(null)
 
     stream.addEventListener('close', (evt) => {
       const held = this.held
@@ -72,7 +81,14 @@ class StreamDuplex extends Duplex {
         this.destroy(evt.error)
         return
       }
-      this.push(null)
+      if (!remoteFinished) {
+        this.destroy(new Error('the connection closed before the other end finished sending'))
+        return
+      }
+      // Both ends are done, but a paused stream may still hold what the
+      // remote sent last: that is read first (see _read), and the stream's
+      // 'end' above comes once it is drained.
+      if (stream.readBufferLength === 0) this.push(null)
     })
 
     // Not stream.onDrain(): @libp2p/utils 7 never resets the promise it
@@ -106,7 +122,13 @@ class StreamDuplex extends Duplex {
   override _read(): void {
     if (this.paused) {
       this.paused = false
-      if (this.stream.readStatus === 'paused') this.stream.resume()
+      if (this.stream.readStatus !== 'paused') return
+      try {
+        this.stream.resume()
+      } catch {
+        // A closed stream dispatches what it holds before it fails to tell
+        // the remote to send more, which is all that is wanted from it here.
+      }
     }
   }
 
