@@ -405,10 +405,6 @@ export async function openMeshStream(
     maxOutboundStreams: MAX_STREAMS_PER_PROTOCOL,
   })
   const duplex = toDuplex(stream)
-  // A stream cut off by a lost connection fails its duplex; callers see that
-  // through their reads, writes and pipelines, and a caller that stopped
-  // listening must not bring the CLI down with an unhandled 'error'.
-  duplex.on('error', () => undefined)
   writeTicketFrame(duplex, ticket)
   return duplex
 }

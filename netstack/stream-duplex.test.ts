@@ -15,14 +15,6 @@ const PROTOCOL = '/coder-mesh-test/sink/1.0.0'
 const MiB = 1024 * 1024
 
 describe('toDuplex', () => {
-  // The nodes stop after the last test with some streams still open; a
-  // stream cut off like that fails its duplex, which is what it should do,
-  // and must not fail the run as an unhandled 'error'.
-  const open = (stream: Stream): ReturnType<typeof toDuplex> => {
-    const duplex = toDuplex(stream)
-    duplex.on('error', () => undefined)
-    return duplex
-  }
   let a: MeshNode
   let b: MeshNode
   const inbound: Stream[] = []
@@ -53,8 +45,8 @@ describe('toDuplex', () => {
 
   it('should hold a fast sender to about one window while the reader keeps stalling', async () => {
     const { sender, receiver } = await pair()
-    const duplex = open(receiver)
-    const writer = open(sender)
+    const duplex = toDuplex(receiver)
+    const writer = toDuplex(sender)
     const total = 256 * MiB
     const block = Buffer.alloc(MiB)
     let written = 0
@@ -118,7 +110,7 @@ describe('toDuplex', () => {
   it('should send the writes of one event-loop turn as one message', async () => {
     const { sender, receiver } = await pair()
     const got = collect(receiver)
-    const writer = open(sender)
+    const writer = toDuplex(sender)
     const parts = Array.from({ length: 32 }, () => randomBytes(2048))
     for (const part of parts) writer.write(part)
     writer.end()
@@ -133,7 +125,7 @@ describe('toDuplex', () => {
   it('should keep every byte in order across batches larger than one', async () => {
     const { sender, receiver } = await pair()
     const got = collect(receiver)
-    const writer = open(sender)
+    const writer = toDuplex(sender)
     const sent = createHash('sha256')
     let total = 0
     for (let i = 0; i < 40; i++) {
@@ -156,7 +148,7 @@ describe('toDuplex', () => {
     receiver.addEventListener('message', (evt) => {
       received += evt.data.byteLength
     })
-    const writer = open(sender)
+    const writer = toDuplex(sender)
 
     // As the speed test sends: write until a deadline, waiting only when
     // write() says so. Every 'drain' a window update brings is no proof of
@@ -175,7 +167,7 @@ describe('toDuplex', () => {
 
   it('should send a lone small write without waiting for more', async () => {
     const { sender, receiver } = await pair()
-    const writer = open(sender)
+    const writer = toDuplex(sender)
     const arrived = new Promise<string>((resolve) => {
       receiver.addEventListener('message', (evt) => {
         const text = Buffer.from(evt.data.subarray()).toString()
@@ -190,8 +182,8 @@ describe('toDuplex', () => {
 
   it('should deliver all a paused stream holds when both ends have closed', async () => {
     const { sender, receiver } = await pair()
-    const reader = open(receiver)
-    const writer = open(sender)
+    const reader = toDuplex(receiver)
+    const writer = toDuplex(sender)
     const payload = randomBytes(512 * 1024)
     const first = Buffer.alloc(1)
 
@@ -217,7 +209,7 @@ describe('toDuplex', () => {
 
   it('should report an aborted stream as an error, never as a clean end', async () => {
     const { receiver } = await pair()
-    const duplex = open(receiver)
+    const duplex = toDuplex(receiver)
     const sink = new Writable({ write: (_chunk, _encoding, callback) => callback() })
     const piped = pipeline(duplex, sink).then(
       () => 'end',

@@ -207,7 +207,15 @@ class StreamDuplex extends Duplex {
   }
 }
 
-/** Wraps a libp2p stream; the returned Duplex owns it. */
+/**
+ * Wraps a libp2p stream; the returned Duplex owns it. A stream cut off by a
+ * lost connection or a reset fails the Duplex with an 'error', which its
+ * users see through their reads, writes and pipelines; one that has stopped
+ * listening must not bring the whole process down with an unhandled error,
+ * so the Duplex always has a listener of its own.
+ */
 export function toDuplex(stream: Stream): Duplex {
-  return new StreamDuplex(stream)
+  const duplex = new StreamDuplex(stream)
+  duplex.on('error', () => undefined)
+  return duplex
 }
