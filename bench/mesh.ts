@@ -42,6 +42,8 @@ export interface Mesh {
   agentPid(name: string): Promise<number | undefined>
   /** `coder-mesh port-forward NAME --tcp 0:REMOTE --path PATH`. */
   forward(name: string, remote: number, path: 'direct' | 'relay'): Promise<Forward>
+  /** `coder-mesh connect --socks 127.0.0.1:0`, running once it listens; stop() ends it. */
+  connect(): Promise<{ stop(): Promise<void> }>
   /** bench/webrtc-forward.ts: the same forward over an upgraded WebRTC connection. */
   webrtcForward(name: string, remote: number, iceServers: string): Promise<Forward>
   stop(): Promise<void>
@@ -151,6 +153,27 @@ export async function startMesh(): Promise<Mesh> {
     },
     forward(name, remote, path) {
       return spawnForward(BIN, ['port-forward', name, '--tcp', `0:${remote}`, '--path', path])
+    },
+    async connect() {
+      const child = execa(BIN, ['connect', '--socks', '127.0.0.1:0'], {
+        env,
+        extendEnv: false,
+        reject: false,
+        buffer: false,
+      })
+      await new Promise<void>((resolve, reject) => {
+        child.stdout?.on('data', (chunk: Buffer) => {
+          if (chunk.toString().includes('SOCKS5 proxy on ')) resolve()
+        })
+        child.stderr?.on('data', (chunk: Buffer) => process.stderr.write(`connect: ${chunk}`))
+        void child.then((r) => reject(new Error(`connect exited ${r.exitCode}`)))
+      })
+      return {
+        async stop() {
+          child.kill('SIGINT')
+          await child
+        },
+      }
     },
     webrtcForward(name, remote, iceServers) {
       const script = join(ROOT, 'bench', 'webrtc-forward.ts')

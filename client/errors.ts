@@ -73,3 +73,10 @@ function oneLine(text: string): string {
 export function notLoggedIn(): MeshError {
   return new MeshError('MESH_NOT_LOGGED_IN', "You are not logged in: run 'coder-mesh login URL'.")
 }
+
+/** Wraps a failure to reach the agent; MeshErrors (the coordinator's answers) pass as they are. */
+export function connectFailed(message: string, cause: unknown): MeshError {
+  if (isMeshError(cause)) return cause
+  const detail = cause instanceof Error ? cause.message : String(cause)
+  return new MeshError('MESH_CONNECT_FAILED', message, { detail, cause })
+}

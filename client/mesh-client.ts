@@ -469,12 +469,6 @@ export async function stopNode(node: MeshNode): Promise<void> {
   clearTimeout(timer)
 }
 
-/** Wraps a failure to reach the agent; MeshErrors (the coordinator's answers) pass as they are. */
-export function connectFailed(message: string, cause: unknown): MeshError {
-  if (isMeshError(cause)) return cause
-  return new MeshError('MESH_CONNECT_FAILED', message, { detail: describe(cause), cause })
-}
-
 function streamFailed(protocol: string, cause: unknown): MeshError {
   if (isMeshError(cause)) return cause
   return new MeshError('MESH_CONNECT_FAILED', 'Could not open a stream to the workspace agent.', {

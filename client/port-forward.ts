@@ -158,7 +158,7 @@ export async function runPortForward(api: ApiClient, options: PortForwardOptions
   const servers: Server[] = []
   try {
     for (const spec of options.specs) {
-      const server = await listen(spec, (socket) => forwarder.carry(socket, spec))
+      const server = await listenForward(spec, (socket) => forwarder.carry(socket, spec))
       servers.push(server)
       const address = server.address()
       const port = typeof address === 'object' && address !== null ? address.port : spec.port
@@ -174,25 +174,35 @@ export async function runPortForward(api: ApiClient, options: PortForwardOptions
   }
 }
 
-function listen(spec: ForwardSpec, onSocket: (socket: Socket) => void): Promise<Server> {
+function listenForward(spec: ForwardSpec, onSocket: (socket: Socket) => void): Promise<Server> {
   // Half-open: a client's FIN ends only its direction (bridge.ts).
   const server = createServer({ allowHalfOpen: true, noDelay: true }, onSocket)
+  return listen(server, spec, '--tcp')
+}
+
+/**
+ * Starts `server` listening on `address`; a taken or impossible address is
+ * MESH_BAD_ARGUMENT naming it and `flag`, the option to change.
+ */
+export function listen(
+  server: Server,
+  address: { host: string; port: number },
+  flag: string,
+): Promise<Server> {
+  const where = formatHostPort(address.host, address.port)
   return new Promise((resolve, reject) => {
     server.once('error', (err: NodeJS.ErrnoException) => {
-      const where = formatHostPort(spec.host, spec.port)
       const reason = err.code === 'EADDRINUSE' ? 'the address is in use' : err.message
       reject(
         new MeshError('MESH_BAD_ARGUMENT', `Cannot listen on ${where}: ${reason}.`, {
-          detail: err.message,
+          detail: `choose another address with ${flag}; ${err.message}`,
           cause: err,
         }),
       )
     })
-    server.listen(spec.port, spec.host, () => {
+    server.listen(address.port, address.host, () => {
       server.removeAllListeners('error')
-      server.on('error', (err) =>
-        notice(`Listener ${formatHostPort(spec.host, spec.port)}: ${err.message}`),
-      )
+      server.on('error', (err) => notice(`Listener ${where}: ${err.message}`))
       resolve(server)
     })
   })

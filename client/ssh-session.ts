@@ -28,7 +28,8 @@ import type { WorkspaceStatus } from '../sdk/api-types.ts'
 import { isMeshError } from '../sdk/errors.ts'
 import { exitStatusCode, signalExitCode } from './args.ts'
 import { ESCAPE_HELP, escapeFilter, type EscapeAction } from './escape.ts'
-import { connectFailed, openWorkspaceMesh } from './mesh-client.ts'
+import { openLinkedStream } from './connect-link.ts'
+import { connectFailed } from './errors.ts'
 
 /** How often a session checks that its workspace is still running, in ms. */
 export const WATCH_INTERVAL_MS = 10_000
@@ -58,19 +59,37 @@ const ENDED_STATES: ReadonlySet<WorkspaceStatus> = new Set([
 ])
 
 export async function runSsh(api: ApiClient, options: SshOptions): Promise<number> {
+  // A running `coder-mesh connect` already holds a connection: use it.
+  const linked = await openLinkedStream({
+    url: api.url,
+    workspace: options.workspace,
+    protocol: 'ssh',
+  })
+  if (linked !== undefined) return session(api, options, linked.socket)
+
+  // Loaded only now: a command that found the link never loads libp2p.
+  const { openWorkspaceMesh } = await import('./mesh-client.ts')
   const mesh = await openWorkspaceMesh(api, options.workspace)
   try {
     const { duplex, connection } = await mesh.openStream(SSH_PROTOCOL)
-    const watch = supervise(api, options.workspace, mesh.node, connection, duplex)
-    try {
-      return options.stdio
-        ? await proxyStdio(duplex, watch)
-        : await runClient(duplex, options, watch)
-    } finally {
-      watch.stop()
-    }
+    return await session(api, options, duplex, { node: mesh.node, connection })
   } finally {
     await mesh.close()
+  }
+}
+
+/** Runs the session on an SSH stream, supervised. */
+async function session(
+  api: ApiClient,
+  options: SshOptions,
+  duplex: Duplex,
+  carrier?: Carrier,
+): Promise<number> {
+  const watch = supervise(api, options.workspace, duplex, carrier)
+  try {
+    return options.stdio ? await proxyStdio(duplex, watch) : await runClient(duplex, options, watch)
+  } finally {
+    watch.stop()
   }
 }
 
@@ -87,13 +106,17 @@ interface Watch {
   stop(): void
 }
 
-function supervise(
-  api: ApiClient,
-  name: string,
-  node: MeshNode,
-  connection: Connection,
-  duplex: Duplex,
-): Watch {
+/**
+ * The libp2p connection a session's stream is on, when this process holds
+ * it; a stream from `connect` (connect-link.ts) is watched by `connect`,
+ * which ends it when its connection is lost.
+ */
+interface Carrier {
+  node: MeshNode
+  connection: Connection
+}
+
+function supervise(api: ApiClient, name: string, duplex: Duplex, carrier?: Carrier): Watch {
   let lostReason: string | undefined
   let stopped = false
 
@@ -123,10 +146,10 @@ function supervise(
   timer.unref()
 
   const onClose = (evt: CustomEvent<Connection>): void => {
-    if (evt.detail.id !== connection.id) return
+    if (evt.detail.id !== carrier?.connection.id) return
     void check().then((reason) => lose(reason ?? 'agent unreachable: the connection was lost'))
   }
-  node.addEventListener('connection:close', onClose)
+  carrier?.node.addEventListener('connection:close', onClose)
 
   return {
     reason: () => lostReason,
@@ -138,7 +161,7 @@ function supervise(
     stop() {
       stopped = true
       clearInterval(timer)
-      node.removeEventListener('connection:close', onClose)
+      carrier?.node.removeEventListener('connection:close', onClose)
     },
   }
 }

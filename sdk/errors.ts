@@ -49,6 +49,10 @@ export const ERROR_STATUS = {
   MESH_CONFIG_UNWRITABLE: 0,
   /** config-ssh found its block's marker lines out of order, doubled or missing. */
   MESH_SSH_CONFIG_MALFORMED: 0,
+  /** `coder-mesh connect` is already running for this config folder. */
+  MESH_ALREADY_RUNNING: 0,
+  /** A running `connect` is logged in to another coordinator than the asking command. */
+  MESH_LINK_OTHER_SERVER: 0,
 } as const
 
 export type ErrorCode = keyof typeof ERROR_STATUS

@@ -9,6 +9,7 @@ import { examples, lifetime } from '../cli.ts'
 import type { MeshPaths } from '../mesh-client.ts'
 import { outputOption, type OutputFormat } from '../output.ts'
 import { apiClient } from '../session.ts'
+import { configDir } from '../../sdk/config.ts'
 
 /** Longest speed test per direction, in seconds (the agent's cap, MAX_SPEEDTEST_MS). */
 const MAX_SPEEDTEST_SECONDS = 30
@@ -115,6 +116,49 @@ export function registerMeshCommands(program: Command): void {
       }),
     'coder-mesh port-forward dev --tcp 8080:8080',
     'coder-mesh port-forward dev --tcp 18080:80 --tcp 0.0.0.0:5432:5432',
+  )
+
+  examples(
+    program
+      .command('connect')
+      .description(
+        'stay on the mesh: a SOCKS5 proxy to NAME.coder-mesh, reused by ssh, until Ctrl-C',
+      )
+      .option(
+        '--socks <[host:]port>',
+        'where the SOCKS5 proxy listens (port 0: any free one)',
+        '127.0.0.1:1080',
+      )
+      .addOption(pathOption())
+      .addHelpText(
+        'after',
+        '\nA connection through the proxy to NAME.coder-mesh:PORT reaches PORT on the\n' +
+          "workspace's loopback, as port-forward does; port 22 is the agent's SSH server.\n" +
+          "Another user's workspace is NAME.OWNER.coder-mesh. Other hosts are refused.\n" +
+          'While it runs, coder-mesh ssh (and ssh through config-ssh) use its\n' +
+          'connections instead of dialing each time. Anyone who can reach the proxy\n' +
+          'reaches your workspaces in your name: keep it on loopback.',
+      )
+      .action(async (flags: { socks: string; path: PathFlag }) => {
+        const { parseSocksAddress, runConnect } = await import('../connect.ts')
+        const socks = parseSocksAddress(flags.socks)
+        const api = await apiClient()
+        const stop = stopSignal()
+        try {
+          await runConnect(api, {
+            socks,
+            paths: flags.path,
+            configDir: configDir(),
+            signal: stop.signal,
+          })
+        } finally {
+          stop.done()
+        }
+      }),
+    'coder-mesh connect',
+    'coder-mesh connect --socks 127.0.0.1:1055',
+    'curl --socks5-hostname 127.0.0.1:1080 http://dev.coder-mesh:8080/',
+    "ssh -o ProxyCommand='nc -X 5 -x 127.0.0.1:1080 %h %p' dev.coder-mesh",
   )
 
   examples(

@@ -1,0 +1,271 @@
+/**
+ * `coder-mesh connect` against the real stack: a real `coder-mesh server`,
+ * a workspace of the shipped `local` template (real Terraform, a real agent
+ * on this machine, so its loopback is ours), curl as the SOCKS5 client and
+ * OpenSSH through the ProxyCommand config-ssh writes.
+ */
+import { execa, type ResultPromise } from 'execa'
+import { createHash, randomBytes } from 'node:crypto'
+import { once } from 'node:events'
+import { stat } from 'node:fs/promises'
+import { connect, createServer, type AddressInfo, type Server } from 'node:net'
+import { createServer as createHttpServer } from 'node:http'
+import { dirname, join } from 'node:path'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import {
+  BIN,
+  loginOwner,
+  processesUnder,
+  removeTree,
+  startTestServer,
+  waitFor,
+  type TestServer,
+} from '../test/harness.ts'
+import { parseSocksAddress, workspaceFromMeshHost } from './connect.ts'
+import { LINK_SOCKET } from './connect-link.ts'
+
+const MiB = 1024 * 1024
+
+describe('connect: names and flags', () => {
+  it('should map NAME.coder-mesh and NAME.OWNER.coder-mesh to workspaces, nothing else', () => {
+    expect(workspaceFromMeshHost('dev.coder-mesh')).toBe('dev')
+    expect(workspaceFromMeshHost('DEV.Coder-Mesh.')).toBe('dev')
+    expect(workspaceFromMeshHost('dev.alice.coder-mesh')).toBe('alice/dev')
+    for (const host of [
+      'coder-mesh',
+      'example.com',
+      '127.0.0.1',
+      'a.b.c.coder-mesh',
+      '-x.coder-mesh',
+      'dev.coder-mesh.example.com',
+      '..coder-mesh',
+    ]) {
+      expect(workspaceFromMeshHost(host), host).toBeUndefined()
+    }
+  })
+
+  it('should parse --socks and refuse what is not an address', () => {
+    expect(parseSocksAddress('1055')).toEqual({ host: '127.0.0.1', port: 1055 })
+    expect(parseSocksAddress('0.0.0.0:1080')).toEqual({ host: '0.0.0.0', port: 1080 })
+    expect(parseSocksAddress('[::1]:0')).toEqual({ host: '::1', port: 0 })
+    for (const bad of [
+      '',
+      'x',
+      ':',
+      '127.0.0.1:',
+      '127.0.0.1:70000',
+      'a:b:1080',
+      '[::1]',
+      '::1:80',
+    ]) {
+      expect(() => parseSocksAddress(bad), bad).toThrow(/Invalid --socks/)
+    }
+  })
+})
+
+describe('coder-mesh connect', () => {
+  let server: TestServer
+  let http: Server
+  let httpPort: number
+  const body = randomBytes(8 * MiB)
+  const running: ResultPromise[] = []
+
+  beforeAll(async () => {
+    server = await startTestServer()
+    await loginOwner(server)
+    const push = await server.cli(['templates', 'push', 'local'])
+    if (push.exitCode !== 0) throw new Error(`push failed: ${push.stderr}`)
+    const create = await server.cli(['create', 'dev', '--template', 'local', '-y'])
+    if (create.exitCode !== 0) throw new Error(`create failed: ${create.stdout}${create.stderr}`)
+    http = createHttpServer((_req, res) => res.end(body))
+    http.listen(0, '127.0.0.1')
+    await once(http, 'listening')
+    httpPort = (http.address() as AddressInfo).port
+  }, 180_000)
+
+  afterAll(async () => {
+    for (const child of running) child.kill('SIGKILL')
+    http?.close()
+    if (server === undefined) return
+    try {
+      await server.cli(['delete', 'dev', '-y'])
+    } finally {
+      await server.stop()
+      for (const pid of await processesUnder(server.dataDir)) process.kill(pid, 'SIGKILL')
+      await removeTree(dirname(server.dataDir))
+    }
+  })
+
+  interface Connect {
+    child: ResultPromise
+    port: number
+    stderr(): string
+  }
+
+  /** Starts `coder-mesh connect --socks 127.0.0.1:0`; resolves once it listens. */
+  async function startConnect(): Promise<Connect> {
+    const child = execa(BIN, ['connect', '--socks', '127.0.0.1:0'], {
+      env: server.env,
+      extendEnv: false,
+      reject: false,
+    })
+    running.push(child)
+    let out = ''
+    let err = ''
+    child.stdout?.on('data', (c: Buffer) => (out += c.toString()))
+    child.stderr?.on('data', (c: Buffer) => (err += c.toString()))
+    await waitFor(
+      'connect to listen',
+      async () => /SOCKS5 proxy on /.test(out) || child.exitCode !== null,
+    )
+    const port = Number(/127\.0\.0\.1:(\d+)/.exec(out)?.[1])
+    if (!(port > 0)) throw new Error(`connect did not start: ${out}${err}`)
+    return { child, port, stderr: () => err }
+  }
+
+  async function stop(connect: Connect): Promise<number> {
+    connect.child.kill('SIGINT')
+    return (await connect.child).exitCode ?? -1
+  }
+
+  /** curl through the proxy: its exit code, the body, and its error line. */
+  async function curl(
+    proxyPort: number,
+    url: string,
+  ): Promise<{ exitCode: number; body: Buffer; stderr: string }> {
+    const r = await execa(
+      'curl',
+      ['-sS', '--max-time', '60', '--socks5-hostname', `127.0.0.1:${proxyPort}`, url],
+      { reject: false, encoding: 'buffer' },
+    )
+    return {
+      exitCode: r.exitCode ?? -1,
+      body: Buffer.from(r.stdout),
+      stderr: Buffer.from(r.stderr).toString(),
+    }
+  }
+
+  it('should carry HTTP to a workspace port through SOCKS5, byte for byte', async () => {
+    const c = await startConnect()
+    try {
+      const first = await curl(c.port, `http://dev.coder-mesh:${httpPort}/`)
+      expect(first.exitCode, first.stderr).toBe(0)
+      const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex')
+      expect(sha(first.body)).toBe(sha(body))
+      expect(c.stderr()).toMatch(/Connected to dev via direct \(tcp\)\./)
+
+      // Many at once, on the same connection to the agent.
+      const many = await Promise.all(
+        Array.from({ length: 8 }, () => curl(c.port, `http://dev.coder-mesh:${httpPort}/`)),
+      )
+      for (const r of many) expect(sha(r.body)).toBe(sha(body))
+      expect(c.stderr().match(/Connected to dev/g)).toHaveLength(1)
+    } finally {
+      expect(await stop(c)).toBe(0)
+    }
+  }, 120_000)
+
+  it('should refuse hosts off the mesh, ports nothing listens on and garbage, and keep serving', async () => {
+    const c = await startConnect()
+    try {
+      const outside = await curl(c.port, `http://127.0.0.1:${httpPort}/`)
+      expect(outside.exitCode).toBe(97) // curl: the proxy refused
+      // curl names the SOCKS reply: 2, not allowed by the rules.
+      expect(outside.stderr).toMatch(/\(2\)$/m)
+      expect(c.stderr()).toMatch(/Refused a SOCKS connection to 127\.0\.0\.1:\d+: only NAME/)
+
+      const free = createServer()
+      free.listen(0, '127.0.0.1')
+      await once(free, 'listening')
+      const closed = (free.address() as AddressInfo).port
+      await new Promise((resolve) => free.close(resolve))
+      const refused = await curl(c.port, `http://dev.coder-mesh:${closed}/`)
+      expect(refused.exitCode).toBe(97)
+      expect(refused.stderr).toMatch(/\(5\)$/m) // connection refused
+
+      const unknown = await curl(c.port, `http://nope.coder-mesh:${httpPort}/`)
+      expect(unknown.exitCode).toBe(97)
+      await waitFor('the refusal logged', async () =>
+        /Could not reach nope\.coder/.test(c.stderr()),
+      )
+
+      // Not SOCKS at all: the connection is dropped, the proxy lives on.
+      const junk = connect(c.port, '127.0.0.1')
+      junk.on('error', () => undefined)
+      junk.end(Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n'))
+      await once(junk, 'close')
+
+      const after = await curl(c.port, `http://dev.coder-mesh:${httpPort}/`)
+      expect(after.exitCode).toBe(0)
+      expect(after.body.length).toBe(body.length)
+    } finally {
+      expect(await stop(c)).toBe(0)
+    }
+  }, 120_000)
+
+  it('should refuse a second connect for the same config folder, and replace a stale link', async () => {
+    const c = await startConnect()
+    const link = join(server.configDir, LINK_SOCKET)
+    expect((await stat(link)).mode & 0o777).toBe(0o600)
+
+    const second = await server.cli(['connect', '--socks', '127.0.0.1:0'])
+    expect(second.exitCode).toBe(1)
+    expect(second.stderr).toMatch(/already running .*\(MESH_ALREADY_RUNNING\)/)
+
+    // Killed: its link stays behind. ssh does without it; a new connect takes its place.
+    c.child.kill('SIGKILL')
+    await c.child
+    expect((await stat(link)).isSocket()).toBe(true)
+    const viaOwn = await server.ssh('dev', 'echo own')
+    expect(viaOwn.stdout.trim()).toBe('own')
+
+    const again = await startConnect()
+    expect(await stop(again)).toBe(0)
+    await expect(stat(link)).rejects.toThrow(/ENOENT/)
+  }, 120_000)
+
+  it('should refuse a bad or taken --socks address', async () => {
+    const bad = await server.cli(['connect', '--socks', 'localhost:99999'])
+    expect(bad.exitCode).toBe(1)
+    expect(bad.stderr).toMatch(/Invalid --socks "localhost:99999".*\(MESH_BAD_ARGUMENT\)/)
+
+    const taken = createServer()
+    taken.listen(0, '127.0.0.1')
+    await once(taken, 'listening')
+    const port = (taken.address() as AddressInfo).port
+    try {
+      const inUse = await server.cli(['connect', '--socks', `127.0.0.1:${port}`])
+      expect(inUse.exitCode).toBe(1)
+      expect(inUse.stderr).toMatch(/address is in use.*\(MESH_BAD_ARGUMENT\)/)
+      // The link of the failed start is gone: ssh does not try it.
+      await expect(stat(join(server.configDir, LINK_SOCKET))).rejects.toThrow(/ENOENT/)
+    } finally {
+      taken.close()
+    }
+  }, 60_000)
+
+  it("should carry ssh and OpenSSH on connect's connection, even with the coordinator down", async () => {
+    const c = await startConnect()
+    try {
+      const warm = await server.ssh('dev', 'echo warm')
+      expect(warm.stdout.trim()).toBe('warm')
+
+      const missing = await server.cli(['ssh', 'nope', '--', 'true'])
+      expect(missing.exitCode).toBe(1)
+      expect(missing.stderr).toMatch(/MESH_WORKSPACE_NOT_FOUND/)
+
+      // Without the coordinator a fresh client could get no ticket; connect
+      // holds one and its connection, so both kinds of ssh go on working.
+      await server.stop()
+      const viaLink = await server.ssh('dev', 'echo linked; exit 3')
+      expect(viaLink.stdout.trim()).toBe('linked')
+      expect(viaLink.exitCode).toBe(3)
+      const cli = await server.cli(['ssh', 'dev', '--', 'echo cli'])
+      expect(cli.stdout.trim()).toBe('cli')
+      expect(cli.exitCode).toBe(0)
+    } finally {
+      expect(await stop(c)).toBe(0)
+      await server.restart()
+    }
+  }, 120_000)
+})

@@ -1,0 +1,363 @@
+/**
+ * `coder-mesh connect`: stays on the mesh until stopped, and offers it two
+ * ways:
+ *
+ * - A SOCKS5 proxy (default 127.0.0.1:1080) that resolves `NAME.coder-mesh`
+ *   (and `NAME.OWNER.coder-mesh` for another user's workspace): a
+ *   connection to port P of such a host is carried to port P on the
+ *   workspace's loopback, as `port-forward` would, except port 22, which is
+ *   the agent's SSH server. Any other host is refused: this is not a way out
+ *   to the internet.
+ * - The link (connect-link.ts), which `coder-mesh ssh` and OpenSSH through
+ *   `config-ssh` use to skip their own set-up.
+ *
+ * One connection per workspace, opened on first use and kept (mesh-client.ts
+ * renews its ticket and dials again after a loss); a workspace whose stream
+ * failed to open is forgotten, so the next request starts afresh.
+ *
+ * Anyone who can reach the SOCKS port can reach the workspaces in the
+ * user's name, as with any local SOCKS proxy: it listens on loopback unless
+ * told otherwise, and the link is a socket only the user may open.
+ */
+import { Socks5Server } from '@pondwader/socks5-server'
+import { chmod, unlink } from 'node:fs/promises'
+import { createConnection, createServer, isIP, type Server, type Socket } from 'node:net'
+import type { Duplex } from 'node:stream'
+import { bridge } from '../netstack/bridge.ts'
+import { SSH_PROTOCOL, TCP_PROTOCOL } from '../netstack/constants.ts'
+import { encodeForwardRequest, isPort, readForwardStatus } from '../netstack/forward.ts'
+import type { ApiClient } from '../sdk/api-client.ts'
+import { SECOND } from '../sdk/config.ts'
+import { isMeshError, MeshError, type ErrorCode } from '../sdk/errors.ts'
+import { nameProblem } from '../sdk/names.ts'
+import { linkPath, parseRequest, readLine, type LinkReply } from './connect-link.ts'
+import {
+  openWorkspaceMesh,
+  viaPath,
+  type MeshPaths,
+  type MeshStream,
+  type WorkspaceMesh,
+} from './mesh-client.ts'
+import { notice, write } from './output.ts'
+import { formatHostPort, listen } from './port-forward.ts'
+
+export const DEFAULT_SOCKS_ADDRESS = '127.0.0.1:1080'
+/** The domain the proxy resolves: `NAME.coder-mesh`, `NAME.OWNER.coder-mesh`. */
+export const MESH_DOMAIN = 'coder-mesh'
+/** The port that means the agent's SSH server rather than the workspace's port 22. */
+export const SSH_PORT = 22
+/** A SOCKS client must finish its request within this long, in ms. */
+const SOCKS_HANDSHAKE_MS = 10 * SECOND
+
+/** SOCKS5 reply codes (RFC 1928) by name, as the SOCKS library takes them. */
+type SocksStatus =
+  | 'REQUEST_GRANTED'
+  | 'GENERAL_FAILURE'
+  | 'CONNECTION_NOT_ALLOWED'
+  | 'HOST_UNREACHABLE'
+  | 'CONNECTION_REFUSED'
+
+export interface ConnectOptions {
+  socks: { host: string; port: number }
+  paths?: MeshPaths
+  /** The CLI's config folder: where the link is made. */
+  configDir: string
+  signal: AbortSignal
+}
+
+/**
+ * Parses `--socks`: `PORT`, `HOST:PORT` or `[IPv6]:PORT`; port 0 picks a
+ * free one (printed once listening).
+ */
+export function parseSocksAddress(text: string): { host: string; port: number } {
+  const bad = new MeshError(
+    'MESH_BAD_ARGUMENT',
+    `Invalid --socks ${JSON.stringify(text)}: use HOST:PORT, [IPv6]:PORT or PORT, ` +
+      `e.g. ${DEFAULT_SOCKS_ADDRESS}.`,
+  )
+  const value = text.trim()
+  const colon = value.lastIndexOf(':')
+  let host = value.slice(0, Math.max(colon, 0))
+  const portText = value.slice(colon + 1)
+  if (!/^\d{1,5}$/.test(portText) || Number(portText) > 65_535) throw bad
+  if (colon === -1) return { host: '127.0.0.1', port: Number(portText) }
+  // An IPv6 address goes in brackets, as in a URL: `[::1]:1080`.
+  const bracketed = /^\[([^\]]+)\]$/.exec(host)
+  if (bracketed !== null) host = bracketed[1] ?? ''
+  if (bracketed !== null ? isIP(host) !== 6 : host === '' || /[:[\]\s]/.test(host)) throw bad
+  return { host, port: Number(portText) }
+}
+
+/**
+ * The workspace a SOCKS host name means: `dev.coder-mesh` is `dev`,
+ * `dev.alice.coder-mesh` is `alice/dev`; undefined for any other host.
+ */
+export function workspaceFromMeshHost(host: string): string | undefined {
+  const labels = host.toLowerCase().replace(/\.$/, '').split('.')
+  if (labels.pop() !== MESH_DOMAIN) return undefined
+  if (labels.some((label) => nameProblem(label) !== undefined)) return undefined
+  if (labels.length === 1) return labels[0]
+  if (labels.length === 2) return `${labels[1]}/${labels[0]}`
+  return undefined
+}
+
+/** Runs until `signal` aborts. */
+export async function runConnect(api: ApiClient, options: ConnectOptions): Promise<void> {
+  const pool = new MeshPool(api, options.paths ?? 'any')
+  const link = await startLink(options.configDir, api.url, pool)
+  let socks: Server | undefined
+  try {
+    socks = await startSocks(options.socks, pool)
+    const address = socks.address()
+    const port = typeof address === 'object' && address !== null ? address.port : 0
+    await write(
+      `SOCKS5 proxy on ${formatHostPort(options.socks.host, port)}: ` +
+        `reach a workspace as NAME.${MESH_DOMAIN}:PORT (port ${SSH_PORT} is its SSH server).\n` +
+        `coder-mesh ssh, and ssh through config-ssh, now use this connection. ` +
+        `Ctrl-C to stop.\n`,
+    )
+    if (!options.signal.aborted) {
+      await new Promise((resolve) =>
+        options.signal.addEventListener('abort', resolve, { once: true }),
+      )
+    }
+  } finally {
+    socks?.close()
+    link.close()
+    await unlink(linkPath(options.configDir)).catch(() => undefined)
+    await pool.closeAll()
+  }
+}
+
+/** The workspace meshes of this run, one per workspace, opened on first use. */
+class MeshPool {
+  private readonly api: ApiClient
+  private readonly paths: MeshPaths
+  private readonly meshes = new Map<string, Promise<WorkspaceMesh>>()
+  private closed = false
+
+  constructor(api: ApiClient, paths: MeshPaths) {
+    this.api = api
+    this.paths = paths
+  }
+
+  /** Opens a stream to `workspace`; forgets its mesh when the stream cannot be had. */
+  async open(workspace: string, protocol: string, header?: Uint8Array): Promise<MeshStream> {
+    if (this.closed) throw new MeshError('MESH_CONNECT_FAILED', 'coder-mesh connect is stopping.')
+    let opening = this.meshes.get(workspace)
+    if (opening === undefined) {
+      opening = openWorkspaceMesh(this.api, workspace, {
+        paths: this.paths,
+        notice: (line) => notice(`${workspace}: ${line}`),
+      }).then((mesh) => {
+        notice(`Connected to ${workspace} ${viaPath(mesh.path())}.`)
+        return mesh
+      })
+      this.meshes.set(workspace, opening)
+    }
+    try {
+      const mesh = await opening
+      return await mesh.openStream(protocol, { header })
+    } catch (err) {
+      if (this.meshes.get(workspace) === opening) this.meshes.delete(workspace)
+      void opening.then((mesh) => mesh.close()).catch(() => undefined)
+      throw err
+    }
+  }
+
+  async closeAll(): Promise<void> {
+    this.closed = true
+    const all = [...this.meshes.values()]
+    this.meshes.clear()
+    await Promise.all(
+      all.map((opening) =>
+        opening.then(
+          (mesh) => mesh.close(),
+          () => undefined,
+        ),
+      ),
+    )
+  }
+}
+
+// ---------------------------------------------------------------------------
+// SOCKS5
+
+async function startSocks(
+  address: { host: string; port: number },
+  pool: MeshPool,
+): Promise<Server> {
+  const socks = new Socks5Server()
+  socks.setConnectionHandler((connection, sendStatus) => {
+    // Our own server made the socket: a net.Socket that allows half-open.
+    const socket = connection.socket as Socket
+    socket.setTimeout(0)
+    void carry(pool, socket, connection.destAddress, connection.destPort, sendStatus)
+  })
+  // Half-open: a client's FIN ends only its direction (bridge.ts).
+  const server = createServer({ allowHalfOpen: true, noDelay: true }, (socket) => {
+    // A client that never finishes its SOCKS request does not hold a socket forever.
+    socket.setTimeout(SOCKS_HANDSHAKE_MS, () => socket.destroy())
+    socks._handleConnection(socket)
+  })
+  return listen(server, address, '--socks')
+}
+
+/** Carries one SOCKS connection to `host:port`, replying first. */
+async function carry(
+  pool: MeshPool,
+  socket: Socket,
+  host: string,
+  port: number,
+  reply: (status: SocksStatus) => void,
+): Promise<void> {
+  const workspace = workspaceFromMeshHost(host)
+  const target = `${host}:${port}`
+  if (workspace === undefined || !isPort(port)) {
+    notice(`Refused a SOCKS connection to ${target}: only NAME.${MESH_DOMAIN} hosts are served.`)
+    reply('CONNECTION_NOT_ALLOWED')
+    return
+  }
+
+  let duplex: Duplex
+  try {
+    const ssh = port === SSH_PORT
+    const stream = ssh
+      ? await pool.open(workspace, SSH_PROTOCOL)
+      : await pool.open(workspace, TCP_PROTOCOL, encodeForwardRequest(port))
+    duplex = stream.duplex
+    duplex.on('error', () => undefined)
+    if (!ssh && !(await readForwardStatus(duplex))) {
+      notice(`Connection to ${workspace}:${port} refused in the workspace.`)
+      duplex.end()
+      duplex.resume()
+      reply('CONNECTION_REFUSED')
+      return
+    }
+  } catch (err) {
+    notice(`Could not reach ${target}: ${describe(err)}`)
+    reply(socksStatusFor(err))
+    return
+  }
+
+  if (socket.destroyed) {
+    duplex.destroy()
+    return
+  }
+  reply('REQUEST_GRANTED')
+  await bridge(socket, duplex)
+}
+
+function socksStatusFor(err: unknown): SocksStatus {
+  if (!isMeshError(err)) return 'GENERAL_FAILURE'
+  const refused: ErrorCode[] = ['MESH_FORBIDDEN', 'MESH_WORKSPACE_NOT_FOUND', 'MESH_INVALID_NAME']
+  return refused.includes(err.code) ? 'CONNECTION_NOT_ALLOWED' : 'HOST_UNREACHABLE'
+}
+
+// ---------------------------------------------------------------------------
+// The link
+
+/**
+ * Listens on the link. A link some other `connect` answers on is an error
+ * (MESH_ALREADY_RUNNING); one nobody answers on is left over from a
+ * `connect` that was killed, and replaced.
+ */
+async function startLink(dir: string, url: string, pool: MeshPool): Promise<Server> {
+  const path = linkPath(dir)
+  const server = createServer({ allowHalfOpen: true }, (socket) => {
+    void serveLink(socket, url, pool)
+  })
+  try {
+    return await listenUnix(server, path)
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EADDRINUSE') throw linkFailed(path, err)
+  }
+  if (await answers(path)) {
+    throw new MeshError(
+      'MESH_ALREADY_RUNNING',
+      `coder-mesh connect is already running for ${dir}.`,
+      { detail: `its link ${path} answers; stop that one first` },
+    )
+  }
+  await unlink(path).catch(() => undefined)
+  return listenUnix(server, path).catch((err: unknown) => {
+    throw linkFailed(path, err)
+  })
+}
+
+async function listenUnix(server: Server, path: string): Promise<Server> {
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject)
+    server.listen(path, () => {
+      server.off('error', reject)
+      resolve()
+    })
+  })
+  // The socket hands out streams in the user's name, like the session file.
+  await chmod(path, 0o600)
+  server.on('error', (err) => notice(`Link ${path}: ${err.message}`))
+  return server
+}
+
+function answers(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = createConnection({ path })
+    socket.once('connect', () => {
+      socket.destroy()
+      resolve(true)
+    })
+    socket.once('error', () => resolve(false))
+  })
+}
+
+function linkFailed(path: string, cause: unknown): MeshError {
+  return new MeshError('MESH_CONFIG_UNWRITABLE', `Cannot make the link ${path}.`, {
+    detail: describe(cause),
+    cause,
+  })
+}
+
+async function serveLink(socket: Socket, url: string, pool: MeshPool): Promise<void> {
+  socket.on('error', () => undefined)
+  const send = (reply: LinkReply): void => {
+    socket.write(JSON.stringify(reply) + '\n')
+  }
+
+  const request = parseRequest(await readLine(socket).catch(() => ''))
+  if (request === undefined) {
+    socket.destroy()
+    return
+  }
+  if (request.url !== url) {
+    send({ ok: false, code: 'MESH_LINK_OTHER_SERVER', message: `connect serves ${url}.` })
+    socket.end()
+    return
+  }
+
+  let duplex: Duplex
+  let path: string
+  try {
+    const stream = await pool.open(request.workspace, SSH_PROTOCOL)
+    duplex = stream.duplex
+    path = stream.path
+  } catch (err) {
+    const error = isMeshError(err)
+      ? err
+      : new MeshError('MESH_CONNECT_FAILED', 'Could not reach the workspace agent.', {
+          detail: describe(err),
+        })
+    send({ ok: false, code: error.code, message: error.message, detail: error.detail })
+    socket.end()
+    return
+  }
+  if (socket.destroyed) {
+    duplex.destroy()
+    return
+  }
+  send({ ok: true, path })
+  await bridge(socket, duplex)
+}
+
+function describe(err: unknown): string {
+  return err instanceof Error ? err.message : String(err)
+}
