@@ -11,9 +11,10 @@
  * - The link (connect-link.ts), which `coder-mesh ssh` and OpenSSH through
  *   `config-ssh` use to skip their own set-up.
  *
- * One connection per workspace, opened on first use and kept (mesh-client.ts
- * renews its ticket and dials again after a loss); a workspace whose stream
- * failed to open is forgotten, so the next request starts afresh.
+ * One connection per workspace, opened on first use and kept until connect
+ * stops (mesh-client.ts renews its ticket and dials again after a loss).
+ * Known shortcoming: a workspace used once keeps its connection, and its
+ * ticket renewed, for as long as connect runs; nothing closes idle ones.
  *
  * Anyone who can reach the SOCKS port can reach the workspaces in the
  * user's name, as with any local SOCKS proxy: it listens on loopback unless
@@ -141,7 +142,12 @@ class MeshPool {
     this.paths = paths
   }
 
-  /** Opens a stream to `workspace`; forgets its mesh when the stream cannot be had. */
+  /**
+   * Opens a stream to `workspace`. A mesh that could not be opened is
+   * forgotten, so the next request tries afresh; one that is open stays,
+   * whatever one stream met: it dials again and renews its ticket by itself
+   * (mesh-client.ts), and the streams it already carries go on.
+   */
   async open(workspace: string, protocol: string, header?: Uint8Array): Promise<MeshStream> {
     if (this.closed) throw new MeshError('MESH_CONNECT_FAILED', 'coder-mesh connect is stopping.')
     let opening = this.meshes.get(workspace)
@@ -155,14 +161,14 @@ class MeshPool {
       })
       this.meshes.set(workspace, opening)
     }
+    let mesh: WorkspaceMesh
     try {
-      const mesh = await opening
-      return await mesh.openStream(protocol, { header })
+      mesh = await opening
     } catch (err) {
       if (this.meshes.get(workspace) === opening) this.meshes.delete(workspace)
-      void opening.then((mesh) => mesh.close()).catch(() => undefined)
       throw err
     }
+    return mesh.openStream(protocol, { header })
   }
 
   async closeAll(): Promise<void> {
