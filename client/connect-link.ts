@@ -16,19 +16,26 @@
  *                                           ◄──   reply: one JSON line (LinkReply)
  *   ok: raw bytes of the stream both ways   ◄─►   the mesh stream to the agent
  *
- * The request names the coordinator: a `connect` logged in to another one
- * (the user logged in elsewhere since) is not used.
+ * The request names the coordinator and the login (a digest of the session
+ * token, never the token): a `connect` started under another login, or
+ * logged in to another coordinator, is not used, so a command run with
+ * `CODER_MESH_TOKEN`, or after a new `login`, acts as who it says it is.
  */
+import { createHash } from 'node:crypto'
 import { createConnection, type Socket } from 'node:net'
 import { join } from 'node:path'
 import { configDir } from '../sdk/config.ts'
 import { ERROR_STATUS, MeshError, type ErrorCode } from '../sdk/errors.ts'
 
 export const LINK_SOCKET = 'connect.sock'
-export const LINK_VERSION = 1
+export const LINK_VERSION = 2
 /** Longest request or reply line, in bytes. */
 export const MAX_LINK_LINE = 4096
-/** A link that does not answer within this long is not used, in ms. */
+/**
+ * A link that does not answer within this long is not used, in ms. Long,
+ * because `connect` answers once it has reached the workspace, and an agent
+ * that is starting takes a while.
+ */
 const LINK_REPLY_MS = 120_000
 
 /** The streams the link carries: the agent's SSH server. */
@@ -38,6 +45,8 @@ export interface LinkRequest {
   version: typeof LINK_VERSION
   /** The coordinator the asking command is logged in to. */
   url: string
+  /** Who the asking command is logged in as: sessionDigest() of its token. */
+  session: string
   /** `NAME` or `OWNER/NAME`. */
   workspace: string
   protocol: LinkProtocol
@@ -45,6 +54,15 @@ export interface LinkRequest {
 
 export type LinkReply =
   { ok: true; path: string } | { ok: false; code: ErrorCode; message: string; detail?: string }
+
+/**
+ * What the link compares to tell two logins apart: a digest of the token,
+ * so the token itself never travels, and no log of a request holds it.
+ */
+export function sessionDigest(token: string | undefined): string {
+  if (token === undefined) return ''
+  return createHash('sha256').update('coder-mesh link\0').update(token).digest('hex').slice(0, 32)
+}
 
 /** Where the link of the config folder `dir` lives. */
 export function linkPath(dir: string = configDir()): string {
@@ -59,8 +77,9 @@ export interface LinkedStream {
 
 /**
  * Asks a running `connect` for a stream. Undefined when none runs for this
- * config folder or it serves another coordinator; the caller then connects
- * by itself. Throws the error `connect` met reaching the workspace.
+ * config folder, or it serves another login or coordinator, or its login
+ * is no longer accepted; the caller then connects by itself. Throws the
+ * error `connect` met reaching the workspace.
  */
 export async function openLinkedStream(
   request: Omit<LinkRequest, 'version'>,
@@ -90,7 +109,9 @@ export async function openLinkedStream(
   }
   if (!reply.ok) {
     socket.destroy()
-    if (reply.code === 'MESH_LINK_OTHER_SERVER') return undefined
+    if (reply.code === 'MESH_LINK_OTHER_SESSION' || reply.code === 'MESH_UNAUTHENTICATED') {
+      return undefined
+    }
     throw new MeshError(reply.code, reply.message, { detail: reply.detail })
   }
   return { socket, path: reply.path }
@@ -191,6 +212,7 @@ export function parseRequest(line: string): LinkRequest | undefined {
   if (
     request.version !== LINK_VERSION ||
     typeof request.url !== 'string' ||
+    typeof request.session !== 'string' ||
     typeof request.workspace !== 'string' ||
     request.protocol !== 'ssh'
   ) {
@@ -199,6 +221,7 @@ export function parseRequest(line: string): LinkRequest | undefined {
   return {
     version: LINK_VERSION,
     url: request.url,
+    session: request.session,
     workspace: request.workspace,
     protocol: request.protocol,
   }

@@ -7,7 +7,7 @@
 import { execa, type ResultPromise } from 'execa'
 import { createHash, randomBytes } from 'node:crypto'
 import { once } from 'node:events'
-import { stat } from 'node:fs/promises'
+import { readFile, stat, unlink, writeFile } from 'node:fs/promises'
 import { connect, createServer, type AddressInfo, type Server } from 'node:net'
 import { createServer as createHttpServer } from 'node:http'
 import { dirname, join } from 'node:path'
@@ -17,10 +17,14 @@ import {
   loginOwner,
   processesUnder,
   removeTree,
+  runCli,
+  savedSession,
   startTestServer,
   waitFor,
+  writeSshConfig,
   type TestServer,
 } from '../test/harness.ts'
+import { ApiClient } from '../sdk/api-client.ts'
 import { parseSocksAddress, workspaceFromMeshHost } from './connect.ts'
 import { LINK_SOCKET } from './connect-link.ts'
 
@@ -102,10 +106,13 @@ describe('coder-mesh connect', () => {
     stderr(): string
   }
 
-  /** Starts `coder-mesh connect --socks 127.0.0.1:0`; resolves once it listens. */
-  async function startConnect(): Promise<Connect> {
+  /**
+   * Starts `coder-mesh connect --socks 127.0.0.1:0` (as the server's user,
+   * or with `env`); resolves once it listens.
+   */
+  async function startConnect(env = server.env): Promise<Connect> {
     const child = execa(BIN, ['connect', '--socks', '127.0.0.1:0'], {
-      env: server.env,
+      env,
       extendEnv: false,
       reject: false,
     })
@@ -224,6 +231,39 @@ describe('coder-mesh connect', () => {
     await expect(stat(link)).rejects.toThrow(/ENOENT/)
   }, 120_000)
 
+  it('should leave alone what is not its link, and do without one where the path is too long', async () => {
+    const link = join(server.configDir, LINK_SOCKET)
+    await writeFile(link, 'not a socket')
+    try {
+      const refused = await server.cli(['connect', '--socks', '127.0.0.1:0'])
+      expect(refused.exitCode).toBe(1)
+      expect(refused.stderr).toMatch(/not a socket is in its place.*\(MESH_CONFIG_UNWRITABLE\)/)
+      expect(await readFile(link, 'utf8')).toBe('not a socket')
+    } finally {
+      await unlink(link)
+    }
+
+    // A Unix socket path holds at most 107 bytes.
+    const deep = join(server.home, 'd'.repeat(120))
+    const session = await savedSession(server.configDir)
+    const env = {
+      ...server.env,
+      CODER_MESH_CONFIG_DIR: deep,
+      CODER_MESH_URL: session.url,
+      CODER_MESH_SESSION_TOKEN: session.sessionToken,
+    }
+    const c = await startConnect(env)
+    try {
+      expect(c.stderr()).toMatch(/no link for ssh: the path .* is \d+ bytes, longer than the 107/)
+      const r = await curl(c.port, `http://dev.coder-mesh:${httpPort}/`)
+      expect(r.exitCode, r.stderr).toBe(0)
+      const ssh = await runCli(env, ['ssh', 'dev', '--', 'echo own'])
+      expect(ssh.stdout.trim()).toBe('own')
+    } finally {
+      expect(await stop(c)).toBe(0)
+    }
+  }, 120_000)
+
   it('should refuse a bad or taken --socks address', async () => {
     const bad = await server.cli(['connect', '--socks', 'localhost:99999'])
     expect(bad.exitCode).toBe(1)
@@ -243,6 +283,93 @@ describe('coder-mesh connect', () => {
       taken.close()
     }
   }, 60_000)
+
+  it('should live through a SOCKS client that resets before the reply', async () => {
+    const c = await startConnect()
+    try {
+      // Greeting, then a CONNECT to dev.coder-mesh:PORT; the reply waits for
+      // the first dial to the agent, and the client resets before it.
+      const client = connect(c.port, '127.0.0.1')
+      client.on('error', () => undefined)
+      await once(client, 'connect')
+      client.write(Buffer.from([5, 1, 0]))
+      await once(client, 'data')
+      const host = Buffer.from('dev.coder-mesh')
+      const port = Buffer.alloc(2)
+      port.writeUInt16BE(httpPort)
+      client.write(Buffer.concat([Buffer.from([5, 1, 0, 3, host.length]), host, port]))
+      client.resetAndDestroy()
+
+      const after = await curl(c.port, `http://dev.coder-mesh:${httpPort}/`)
+      expect(after.exitCode, after.stderr).toBe(0)
+      expect(after.body.length).toBe(body.length)
+      expect(c.child.exitCode).toBeNull()
+    } finally {
+      expect(await stop(c)).toBe(0)
+    }
+  }, 120_000)
+
+  it('should end the sessions it carries with 255 when it stops, and exit 0 itself', async () => {
+    const c = await startConnect()
+    const session = (command: string[]): { child: ResultPromise; out: () => string } => {
+      const child = execa(command[0] ?? '', command.slice(1), {
+        env: server.env,
+        extendEnv: false,
+        reject: false,
+      })
+      running.push(child)
+      let out = ''
+      child.stdout?.on('data', (chunk: Buffer) => (out += chunk.toString()))
+      return { child, out: () => out }
+    }
+    const cli = session([BIN, 'ssh', 'dev', '--', 'echo up; sleep 60'])
+    const config = await writeSshConfig(server.home)
+    const openssh = session(['ssh', '-F', config, 'coder-mesh.dev', 'echo up; sleep 60'])
+    await waitFor(
+      'both sessions to start',
+      async () => cli.out().includes('up') && openssh.out().includes('up'),
+    )
+
+    expect(await stop(c)).toBe(0)
+    expect(c.stderr()).not.toMatch(/handle type|ERR_/)
+    const [viaCli, viaOpenSsh] = await Promise.all([cli.child, openssh.child])
+    expect(viaCli.exitCode, String(viaCli.stderr)).toBe(255)
+    expect(String(viaCli.stderr)).toMatch(
+      /^error: Session ended: the connection through coder-mesh connect was lost\.$/m,
+    )
+    expect(viaOpenSsh.exitCode, String(viaOpenSsh.stderr)).toBe(255)
+  }, 120_000)
+
+  it("should not hand another login's commands its connection", async () => {
+    const password = 'carol password 42'
+    const created = await server.cli([
+      'users',
+      'create',
+      'carol',
+      '--email',
+      'carol@example.test',
+      '--password',
+      password,
+    ])
+    expect(created.exitCode, created.stderr).toBe(0)
+    const carol = (await new ApiClient({ url: server.url }).login('carol', password)).sessionToken
+
+    const c = await startConnect()
+    try {
+      // carol has no workspace `dev`: through connect's link she would have
+      // reached the owner's.
+      const env = { ...server.env, CODER_MESH_URL: server.url, CODER_MESH_SESSION_TOKEN: carol }
+      const asCarol = await runCli(env, ['ssh', 'dev', '--', 'echo reached'])
+      expect(asCarol.stdout).not.toMatch(/reached/)
+      expect(asCarol.exitCode).toBe(1)
+      expect(asCarol.stderr).toMatch(/\(MESH_WORKSPACE_NOT_FOUND\)/)
+
+      const asOwner = await server.cli(['ssh', 'dev', '--', 'echo reached'])
+      expect(asOwner.stdout.trim()).toBe('reached')
+    } finally {
+      expect(await stop(c)).toBe(0)
+    }
+  }, 120_000)
 
   it("should carry ssh and OpenSSH on connect's connection, even with the coordinator down", async () => {
     const c = await startConnect()

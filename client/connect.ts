@@ -21,7 +21,7 @@
  * told otherwise, and the link is a socket only the user may open.
  */
 import { Socks5Server } from '@pondwader/socks5-server'
-import { chmod, unlink } from 'node:fs/promises'
+import { chmod, lstat, unlink } from 'node:fs/promises'
 import { createConnection, createServer, isIP, type Server, type Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
 import { bridge } from '../netstack/bridge.ts'
@@ -31,7 +31,7 @@ import type { ApiClient } from '../sdk/api-client.ts'
 import { SECOND } from '../sdk/config.ts'
 import { isMeshError, MeshError, type ErrorCode } from '../sdk/errors.ts'
 import { nameProblem } from '../sdk/names.ts'
-import { linkPath, parseRequest, readLine, type LinkReply } from './connect-link.ts'
+import { linkPath, parseRequest, readLine, sessionDigest, type LinkReply } from './connect-link.ts'
 import {
   openWorkspaceMesh,
   viaPath,
@@ -39,7 +39,7 @@ import {
   type MeshStream,
   type WorkspaceMesh,
 } from './mesh-client.ts'
-import { notice, write } from './output.ts'
+import { notice, printable, write } from './output.ts'
 import { formatHostPort, listen } from './port-forward.ts'
 
 export const DEFAULT_SOCKS_ADDRESS = '127.0.0.1:1080'
@@ -49,6 +49,13 @@ export const MESH_DOMAIN = 'coder-mesh'
 export const SSH_PORT = 22
 /** A SOCKS client must finish its request within this long, in ms. */
 const SOCKS_HANDSHAKE_MS = 10 * SECOND
+/** A link client must send its request line within this long, in ms. */
+const LINK_REQUEST_MS = 10 * SECOND
+/**
+ * The longest path a Unix socket can have on Linux, in bytes: sun_path
+ * holds 108 with the terminating NUL.
+ */
+const MAX_SOCKET_PATH = 107
 
 /** SOCKS5 reply codes (RFC 1928) by name, as the SOCKS library takes them. */
 type SocksStatus =
@@ -105,16 +112,25 @@ export function workspaceFromMeshHost(host: string): string | undefined {
 /** Runs until `signal` aborts. */
 export async function runConnect(api: ApiClient, options: ConnectOptions): Promise<void> {
   const pool = new MeshPool(api, options.paths ?? 'any')
-  const link = await startLink(options.configDir, api.url, pool)
+  const owner = { url: api.url, session: sessionDigest(api.token) }
+  const link = await startLink(options.configDir, owner, pool)
   let socks: Server | undefined
   try {
     socks = await startSocks(options.socks, pool)
     const address = socks.address()
     const port = typeof address === 'object' && address !== null ? address.port : 0
+    if (!isLoopback(options.socks.host)) {
+      notice(
+        `Warning: the SOCKS5 proxy listens on ${options.socks.host}: anyone who can reach ` +
+          `it reaches your workspaces in your name.`,
+      )
+    }
     await write(
       `SOCKS5 proxy on ${formatHostPort(options.socks.host, port)}: ` +
         `reach a workspace as NAME.${MESH_DOMAIN}:PORT (port ${SSH_PORT} is its SSH server).\n` +
-        `coder-mesh ssh, and ssh through config-ssh, now use this connection. ` +
+        (link === undefined
+          ? ''
+          : `coder-mesh ssh, and ssh through config-ssh, now use this connection. `) +
         `Ctrl-C to stop.\n`,
     )
     if (!options.signal.aborted) {
@@ -122,12 +138,19 @@ export async function runConnect(api: ApiClient, options: ConnectOptions): Promi
         options.signal.addEventListener('abort', resolve, { once: true }),
       )
     }
+    notice('Stopping: closing the connections to workspaces.')
   } finally {
     socks?.close()
-    link.close()
-    await unlink(linkPath(options.configDir)).catch(() => undefined)
+    if (link !== undefined) {
+      link.close()
+      await unlink(linkPath(options.configDir)).catch(() => undefined)
+    }
     await pool.closeAll()
   }
+}
+
+function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || /^127\./.test(host)
 }
 
 /** The workspace meshes of this run, one per workspace, opened on first use. */
@@ -197,6 +220,9 @@ async function startSocks(
   socks.setConnectionHandler((connection, sendStatus) => {
     // Our own server made the socket: a net.Socket that allows half-open.
     const socket = connection.socket as Socket
+    // The library dropped its error listener before calling us: a client
+    // that resets the connection now must not take the process down.
+    socket.on('error', () => undefined)
     socket.setTimeout(0)
     void carry(pool, socket, connection.destAddress, connection.destPort, sendStatus)
   })
@@ -218,7 +244,8 @@ async function carry(
   reply: (status: SocksStatus) => void,
 ): Promise<void> {
   const workspace = workspaceFromMeshHost(host)
-  const target = `${host}:${port}`
+  // The host name is the client's to choose: no terminal commands in our log.
+  const target = printable(`${host}:${port}`)
   if (workspace === undefined || !isPort(port)) {
     notice(`Refused a SOCKS connection to ${target}: only NAME.${MESH_DOMAIN} hosts are served.`)
     reply('CONNECTION_NOT_ALLOWED')
@@ -256,33 +283,65 @@ async function carry(
 
 function socksStatusFor(err: unknown): SocksStatus {
   if (!isMeshError(err)) return 'GENERAL_FAILURE'
-  const refused: ErrorCode[] = ['MESH_FORBIDDEN', 'MESH_WORKSPACE_NOT_FOUND', 'MESH_INVALID_NAME']
+  // A workspace that does not exist is a host that cannot be reached, as
+  // an unknown host name would be; one we may not use is refused.
+  const refused: ErrorCode[] = ['MESH_FORBIDDEN', 'MESH_INVALID_NAME']
   return refused.includes(err.code) ? 'CONNECTION_NOT_ALLOWED' : 'HOST_UNREACHABLE'
 }
 
 // ---------------------------------------------------------------------------
 // The link
 
+/** Whose streams the link hands out: connect's coordinator and login. */
+interface LinkOwner {
+  url: string
+  session: string
+}
+
 /**
- * Listens on the link. A link some other `connect` answers on is an error
- * (MESH_ALREADY_RUNNING); one nobody answers on is left over from a
- * `connect` that was killed, and replaced.
+ * Listens on the link; undefined when the config folder's path is too long
+ * for one (connect then serves SOCKS only). A link some other `connect`
+ * answers on is an error (MESH_ALREADY_RUNNING); one nobody answers on is
+ * left over from a `connect` that was killed, and replaced. Anything else
+ * at that path is not ours to remove.
  */
-async function startLink(dir: string, url: string, pool: MeshPool): Promise<Server> {
+async function startLink(
+  dir: string,
+  owner: LinkOwner,
+  pool: MeshPool,
+): Promise<Server | undefined> {
   const path = linkPath(dir)
+  const length = Buffer.byteLength(path)
+  if (length > MAX_SOCKET_PATH) {
+    notice(
+      `Warning: no link for ssh: the path ${printable(path)} is ${length} bytes, longer than ` +
+        `the ${MAX_SOCKET_PATH} a Unix socket may have. ssh will connect by itself; ` +
+        `a shorter config folder (CODER_MESH_CONFIG_DIR) lets it use this connection.`,
+    )
+    return undefined
+  }
+
   const server = createServer({ allowHalfOpen: true }, (socket) => {
-    void serveLink(socket, url, pool)
+    void serveLink(socket, owner, pool)
   })
   try {
     return await listenUnix(server, path)
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'EADDRINUSE') throw linkFailed(path, err)
   }
+  const existing = await lstat(path).catch(() => undefined)
+  if (existing !== undefined && !existing.isSocket()) {
+    throw new MeshError(
+      'MESH_CONFIG_UNWRITABLE',
+      `Cannot make the link ${path}: something that is not a socket is in its place; ` +
+        `move it away and start again.`,
+    )
+  }
   if (await answers(path)) {
     throw new MeshError(
       'MESH_ALREADY_RUNNING',
-      `coder-mesh connect is already running for ${dir}.`,
-      { detail: `its link ${path} answers; stop that one first` },
+      `coder-mesh connect is already running for ${dir} (its link ${path} answers): ` +
+        `stop that one first.`,
     )
   }
   await unlink(path).catch(() => undefined)
@@ -317,25 +376,35 @@ function answers(path: string): Promise<boolean> {
 }
 
 function linkFailed(path: string, cause: unknown): MeshError {
-  return new MeshError('MESH_CONFIG_UNWRITABLE', `Cannot make the link ${path}.`, {
-    detail: describe(cause),
-    cause,
-  })
+  return new MeshError(
+    'MESH_CONFIG_UNWRITABLE',
+    `Cannot make the link ${path}: ${describe(cause)}.`,
+    {
+      cause,
+    },
+  )
 }
 
-async function serveLink(socket: Socket, url: string, pool: MeshPool): Promise<void> {
+async function serveLink(socket: Socket, owner: LinkOwner, pool: MeshPool): Promise<void> {
   socket.on('error', () => undefined)
   const send = (reply: LinkReply): void => {
     socket.write(JSON.stringify(reply) + '\n')
   }
 
+  // A client that connects and says nothing does not hold a socket forever.
+  socket.setTimeout(LINK_REQUEST_MS, () => socket.destroy())
   const request = parseRequest(await readLine(socket).catch(() => ''))
+  socket.setTimeout(0)
   if (request === undefined) {
     socket.destroy()
     return
   }
-  if (request.url !== url) {
-    send({ ok: false, code: 'MESH_LINK_OTHER_SERVER', message: `connect serves ${url}.` })
+  if (request.url !== owner.url || request.session !== owner.session) {
+    send({
+      ok: false,
+      code: 'MESH_LINK_OTHER_SESSION',
+      message: `connect serves another login or coordinator (${owner.url}).`,
+    })
     socket.end()
     return
   }

@@ -28,7 +28,7 @@ import type { WorkspaceStatus } from '../sdk/api-types.ts'
 import { isMeshError } from '../sdk/errors.ts'
 import { exitStatusCode, signalExitCode } from './args.ts'
 import { ESCAPE_HELP, escapeFilter, type EscapeAction } from './escape.ts'
-import { openLinkedStream } from './connect-link.ts'
+import { openLinkedStream, sessionDigest } from './connect-link.ts'
 import { connectFailed } from './errors.ts'
 
 /** How often a session checks that its workspace is still running, in ms. */
@@ -62,6 +62,7 @@ export async function runSsh(api: ApiClient, options: SshOptions): Promise<numbe
   // A running `coder-mesh connect` already holds a connection: use it.
   const linked = await openLinkedStream({
     url: api.url,
+    session: sessionDigest(api.token),
     workspace: options.workspace,
     protocol: 'ssh',
   })
@@ -90,6 +91,7 @@ async function session(
     return options.stdio ? await proxyStdio(duplex, watch) : await runClient(duplex, options, watch)
   } finally {
     watch.stop()
+    duplex.destroy()
   }
 }
 
@@ -103,6 +105,8 @@ interface Watch {
   lose(reason: string): void
   /** The reason to report for a session that ended without an exit status. */
   explain(fallback: string): Promise<string>
+  /** What a lost connection is called: this process's own, or connect's. */
+  connectionLost: string
   stop(): void
 }
 
@@ -119,6 +123,10 @@ interface Carrier {
 function supervise(api: ApiClient, name: string, duplex: Duplex, carrier?: Carrier): Watch {
   let lostReason: string | undefined
   let stopped = false
+  const connectionLost =
+    carrier === undefined
+      ? 'the connection through coder-mesh connect was lost'
+      : 'agent unreachable: the connection was lost'
 
   const lose = (reason: string): void => {
     if (lostReason !== undefined || stopped) return
@@ -147,7 +155,7 @@ function supervise(api: ApiClient, name: string, duplex: Duplex, carrier?: Carri
 
   const onClose = (evt: CustomEvent<Connection>): void => {
     if (evt.detail.id !== carrier?.connection.id) return
-    void check().then((reason) => lose(reason ?? 'agent unreachable: the connection was lost'))
+    void check().then((reason) => lose(reason ?? connectionLost))
   }
   carrier?.node.addEventListener('connection:close', onClose)
 
@@ -158,6 +166,7 @@ function supervise(api: ApiClient, name: string, duplex: Duplex, carrier?: Carri
       if (lostReason !== undefined) return lostReason
       return (await check()) ?? fallback
     },
+    connectionLost,
     stop() {
       stopped = true
       clearInterval(timer)
@@ -219,7 +228,7 @@ async function proxyStdio(duplex: Duplex, watch: Watch): Promise<number> {
   await flush(stdout)
   stdout.off('error', onStdoutError)
   if (ended && watch.reason() === undefined) return 0
-  reportLoss(await watch.explain('agent unreachable: the connection was lost'), false)
+  reportLoss(await watch.explain(watch.connectionLost), false)
   return SESSION_LOST
 }
 
@@ -374,7 +383,7 @@ async function runClient(duplex: Duplex, options: SshOptions, watch: Watch): Pro
       ? `agent unreachable: no answer to keepalives for ${
           (KEEPALIVE_INTERVAL_MS * (KEEPALIVE_COUNT_MAX + 1)) / 1000
         } s`
-      : 'agent unreachable: the connection was lost'
+      : watch.connectionLost
   reportLoss(await watch.explain(fallback), raw)
   return SESSION_LOST
 }
@@ -390,7 +399,12 @@ async function sessionEnd(client: Client, channel: ClientChannel): Promise<void>
     channel.stderr.once('end', () => resolve())
     channel.stderr.once('close', () => resolve())
   })
-  const connectionGone = new Promise<void>((resolve) => client.once('close', () => resolve()))
+  // A half-open socket (connect's link) ends without closing: its end is
+  // the connection's too, for SSH has no use for the half still open.
+  const connectionGone = new Promise<void>((resolve) => {
+    client.once('close', () => resolve())
+    client.once('end', () => resolve())
+  })
   await Promise.race([
     Promise.all([closed, stderrEnded]),
     // The channel normally closes with the connection; give its buffered

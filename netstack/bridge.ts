@@ -10,6 +10,8 @@
  *   side (a yamux FIN) and the stream's end only the socket's writable side
  *   (a TCP FIN). The socket must allow half-open connections.
  * - An error on either end (a reset, a refused write) destroys both.
+ *
+ * The socket may also be a Unix socket (connect's link, connect-link.ts).
  */
 import type { Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
@@ -42,7 +44,7 @@ export async function bridge(socket: Socket, duplex: Duplex): Promise<BridgeResu
   // before the pipelines' own, so it runs while the socket is still open.
   duplex.on('error', (err: Error) => {
     result.error ??= err
-    if (!socket.destroyed) socket.resetAndDestroy()
+    if (!socket.destroyed) reset(socket)
   })
   socket.on('error', (err: Error) => {
     result.error ??= err
@@ -59,4 +61,16 @@ export async function bridge(socket: Socket, duplex: Duplex): Promise<BridgeResu
   result.sent = socket.bytesRead
   result.received = socket.bytesWritten
   return result
+}
+
+/**
+ * Closes a TCP socket with an RST; a Unix socket has no such thing (Node
+ * throws ERR_INVALID_HANDLE_TYPE for one), and is simply destroyed.
+ */
+function reset(socket: Socket): void {
+  try {
+    socket.resetAndDestroy()
+  } catch {
+    socket.destroy()
+  }
 }

@@ -51,8 +51,8 @@ export const ERROR_STATUS = {
   MESH_SSH_CONFIG_MALFORMED: 0,
   /** `coder-mesh connect` is already running for this config folder. */
   MESH_ALREADY_RUNNING: 0,
-  /** A running `connect` is logged in to another coordinator than the asking command. */
-  MESH_LINK_OTHER_SERVER: 0,
+  /** A running `connect` serves another login or coordinator than the asking command's. */
+  MESH_LINK_OTHER_SESSION: 0,
 } as const
 
 export type ErrorCode = keyof typeof ERROR_STATUS

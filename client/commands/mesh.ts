@@ -137,7 +137,9 @@ export function registerMeshCommands(program: Command): void {
           "Another user's workspace is NAME.OWNER.coder-mesh. Other hosts are refused.\n" +
           'While it runs, coder-mesh ssh (and ssh through config-ssh) use its\n' +
           'connections instead of dialing each time. Anyone who can reach the proxy\n' +
-          'reaches your workspaces in your name: keep it on loopback.',
+          'reaches your workspaces in your name: keep it on loopback. It keeps the login\n' +
+          'it started with until stopped, logout or not. (The nc -X example needs\n' +
+          "Debian's netcat-openbsd.)",
       )
       .action(async (flags: { socks: string; path: PathFlag }) => {
         const { parseSocksAddress, runConnect } = await import('../connect.ts')
