@@ -3,7 +3,8 @@ import { defineConfig } from 'vitest/config'
 export default defineConfig({
   test: {
     include: ['**/*.test.ts'],
-    exclude: ['node_modules/**'],
+    // bench/vitest.config.ts runs the bench's test after this suite.
+    exclude: ['node_modules/**', 'bench/**'],
     testTimeout: 60_000,
     hookTimeout: 120_000,
     // End-to-end tests start real servers, agents and terraform; two cores

@@ -26,7 +26,7 @@ import { BIN } from '../test/harness.ts'
 import { runControlPlane } from './control-plane.ts'
 import { startMesh, type Forward, type Mesh } from './mesh.ts'
 import { INSTALL_HINT, SSHD_HOST, startOpenSsh, startSshForward, type OpenSsh } from './openssh.ts'
-import { markdownReport, printTable, type Row, type Target } from './report.ts'
+import { marginText, markdownReport, printTable, type Row, type Target } from './report.ts'
 import { machine, repeat, rssMiB, summarize, type Summary } from './stats.ts'
 import {
   echoLoad,
@@ -401,12 +401,14 @@ function judge(rows: Row[]): Target[] {
     target: 'one forwarded stream, direct: at least `ssh -L`',
     measured: r1 === undefined ? 'not measured' : `${pct(r1)} of \`ssh -L\``,
     met: r1 === undefined ? undefined : r1 >= 1,
+    margin: r1,
   })
   const r2 = ratio(find('`port-forward`, relayed'), direct)
   targets.push({
     target: 'relayed: at least half of direct',
     measured: r2 === undefined ? 'not measured' : `${pct(r2)} of direct`,
     met: r2 === undefined ? undefined : r2 >= 0.5,
+    margin: r2 === undefined ? undefined : r2 / 0.5,
   })
   const setup = rows.find((r) => r.figure.endsWith('true` (ProxyCommand, cold)'))
   const r3 = ratio(setup?.value, setup?.anchor?.value)
@@ -414,6 +416,7 @@ function judge(rows: Row[]): Target[] {
     target: '`ssh coder-mesh.NAME true` no slower than `ssh` to sshd',
     measured: r3 === undefined ? 'not measured' : `${r3.toFixed(2)}× the time of sshd`,
     met: r3 === undefined ? undefined : r3 <= 1,
+    margin: r3 === undefined ? undefined : 1 / r3,
   })
   const linked = rows.find((r) => r.figure.endsWith('with `connect` running'))
   const r3c = ratio(linked?.value, linked?.anchor?.value)
@@ -421,12 +424,14 @@ function judge(rows: Row[]): Target[] {
     target: 'the same, with `connect` running',
     measured: r3c === undefined ? 'not measured' : `${r3c.toFixed(2)}× the time of sshd`,
     met: r3c === undefined ? undefined : r3c <= 1,
+    margin: r3c === undefined ? undefined : 1 / r3c,
   })
   const idle = find('idle agent RSS')
   targets.push({
     target: 'idle agent under 60 MiB',
     measured: idle === undefined ? 'not measured' : `${idle.median.toFixed(0)} MiB`,
     met: idle === undefined ? undefined : idle.median < 60,
+    margin: idle === undefined ? undefined : 60 / idle.median,
   })
   targets.push({
     target: 'memory bounded whatever the reader speed',
@@ -442,6 +447,7 @@ function judge(rows: Row[]): Target[] {
         ? 'not measured'
         : `${tenK.median.toFixed(0)} MiB${measured10k === undefined ? ', extrapolated' : ''}`,
     met: tenK === undefined ? undefined : tenK.median <= 2048,
+    margin: tenK === undefined ? undefined : 2048 / tenK.median,
   })
   return targets
 }
@@ -461,6 +467,17 @@ const METHOD = [
     'workspaces are clones of one workspace built through the API, written into the ' +
     'stopped coordinator’s store (bench/control-plane.ts). Each step starts fresh agents.',
 ]
+
+/** The command line as RESULTS.md shows it: where the results went is not part of it. */
+function argsWithoutOutput(args: string[]): string[] {
+  const kept: string[] = []
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i] ?? ''
+    if (arg === '--output') i++
+    else if (!arg.startsWith('--output=')) kept.push(arg)
+  }
+  return kept
+}
 
 const START = (mode: string): string => `<!-- bench:${mode}:start -->`
 const END = (mode: string): string => `<!-- bench:${mode}:end -->`
@@ -589,13 +606,14 @@ async function main(): Promise<void> {
   const targets = judge(rows)
   for (const t of targets) {
     const met = t.met === undefined ? 'not judged' : t.met ? 'met' : 'NOT met'
-    console.log(`target: ${t.target}: ${t.measured} (${met})`)
+    const margin = marginText(t.margin)
+    console.log(`target: ${t.target}: ${t.measured} (${met}${margin === '' ? '' : `, ${margin}`})`)
   }
   if (opts.write) {
     const [l1 = 0, l5 = 0, l15 = 0] = loadavg()
     const body = markdownReport({
       mode: p.mode,
-      args: process.argv.slice(2).filter((a) => !a.startsWith('--output')),
+      args: argsWithoutOutput(process.argv.slice(2)),
       date,
       machine: host,
       loadAfter: [l1, l5, l15],

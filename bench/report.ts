@@ -28,6 +28,17 @@ export interface Target {
   measured: string
   /** Undefined: could not be judged in this run. */
   met?: boolean
+  /**
+   * How far the figure is from the target's line, as a factor oriented so
+   * that above 1 is better than the line: 0.5 is "needs twice as much".
+   */
+  margin?: number
+}
+
+/** A target's margin in words: `1.40× to spare`, `short by 1.39×`. */
+export function marginText(margin: number | undefined): string {
+  if (margin === undefined || !Number.isFinite(margin) || margin <= 0) return ''
+  return margin >= 1 ? `${margin.toFixed(2)}× to spare` : `short by ${(1 / margin).toFixed(2)}×`
 }
 
 function fmt(x: number): string {
@@ -124,10 +135,10 @@ export function markdownReport(init: ReportInit): string {
       `| ${row.section} | ${figure} | ${value} | ${anchor} | ${ratio} | ${row.note ?? ''} |`,
     )
   }
-  lines.push('', '| target | measured | met |', '| --- | --- | --- |')
+  lines.push('', '| target | measured | met | by how much |', '| --- | --- | --- | --- |')
   for (const t of init.targets) {
     const met = t.met === undefined ? 'not judged' : t.met ? 'yes' : 'no'
-    lines.push(`| ${t.target} | ${t.measured} | ${met} |`)
+    lines.push(`| ${t.target} | ${t.measured} | ${met} | ${marginText(t.margin)} |`)
   }
   lines.push('', ...init.method.flatMap((p) => [p, '']))
   return lines.join('\n')
