@@ -387,69 +387,84 @@ async function many(p: Plan, traffic: TrafficServer, paths: Paths, echo: Paths):
   return rows
 }
 
+/**
+ * One target: `value` against its `line`, where `better` says which side
+ * of the line meets it; the margin is oriented so that above 1 is met.
+ */
+function judgeTarget(
+  target: string,
+  value: number | undefined,
+  line: number,
+  better: 'higher' | 'lower',
+  measured: (value: number) => string,
+): Target {
+  if (value === undefined) return { target, measured: 'not measured' }
+  const margin = better === 'higher' ? value / line : line / value
+  return { target, measured: measured(value), met: margin >= 1, margin }
+}
+
 function judge(rows: Row[]): Target[] {
   const find = (figure: string): Summary | undefined => rows.find((r) => r.figure === figure)?.value
   const ratio = (a?: Summary, b?: Summary): number | undefined =>
     a === undefined || b === undefined ? undefined : a.median / b.median
+  const toAnchor = (ending: string): number | undefined => {
+    const row = rows.find((r) => r.figure.endsWith(ending))
+    return ratio(row?.value, row?.anchor?.value)
+  }
   const pct = (x: number): string => `${(x * 100).toFixed(0)}%`
-  const targets: Target[] = []
-
+  const timesSshd = (x: number): string => `${x.toFixed(2)}× the time of sshd`
   const direct = find('`port-forward`, direct (tcp)')
-  const sshL = find('`ssh -L` (OpenSSH)')
-  const r1 = ratio(direct, sshL)
-  targets.push({
-    target: 'one forwarded stream, direct: at least `ssh -L`',
-    measured: r1 === undefined ? 'not measured' : `${pct(r1)} of \`ssh -L\``,
-    met: r1 === undefined ? undefined : r1 >= 1,
-    margin: r1,
-  })
-  const r2 = ratio(find('`port-forward`, relayed'), direct)
-  targets.push({
-    target: 'relayed: at least half of direct',
-    measured: r2 === undefined ? 'not measured' : `${pct(r2)} of direct`,
-    met: r2 === undefined ? undefined : r2 >= 0.5,
-    margin: r2 === undefined ? undefined : r2 / 0.5,
-  })
-  const setup = rows.find((r) => r.figure.endsWith('true` (ProxyCommand, cold)'))
-  const r3 = ratio(setup?.value, setup?.anchor?.value)
-  targets.push({
-    target: '`ssh coder-mesh.NAME true` no slower than `ssh` to sshd',
-    measured: r3 === undefined ? 'not measured' : `${r3.toFixed(2)}× the time of sshd`,
-    met: r3 === undefined ? undefined : r3 <= 1,
-    margin: r3 === undefined ? undefined : 1 / r3,
-  })
-  const linked = rows.find((r) => r.figure.endsWith('with `connect` running'))
-  const r3c = ratio(linked?.value, linked?.anchor?.value)
-  targets.push({
-    target: 'the same, with `connect` running',
-    measured: r3c === undefined ? 'not measured' : `${r3c.toFixed(2)}× the time of sshd`,
-    met: r3c === undefined ? undefined : r3c <= 1,
-    margin: r3c === undefined ? undefined : 1 / r3c,
-  })
-  const idle = find('idle agent RSS')
-  targets.push({
-    target: 'idle agent under 60 MiB',
-    measured: idle === undefined ? 'not measured' : `${idle.median.toFixed(0)} MiB`,
-    met: idle === undefined ? undefined : idle.median < 60,
-    margin: idle === undefined ? undefined : 60 / idle.median,
-  })
-  targets.push({
-    target: 'memory bounded whatever the reader speed',
-    measured: 'not in the bench: client/mesh-commands.test.ts (1 GiB to a stalling reader)',
-  })
-  const measured10k = rows.find((r) => r.figure === '10000 agents: coordinator RSS')?.value
-  const extrapolated = find('10,000 agents: coordinator RSS, extrapolated')
-  const tenK = measured10k ?? extrapolated
-  targets.push({
-    target: '10,000 simulated agents within 2 GiB',
-    measured:
-      tenK === undefined
-        ? 'not measured'
-        : `${tenK.median.toFixed(0)} MiB${measured10k === undefined ? ', extrapolated' : ''}`,
-    met: tenK === undefined ? undefined : tenK.median <= 2048,
-    margin: tenK === undefined ? undefined : 2048 / tenK.median,
-  })
-  return targets
+  const tenKMeasured = find('10000 agents: coordinator RSS')
+  const tenK = tenKMeasured ?? find('10,000 agents: coordinator RSS, extrapolated')
+
+  return [
+    judgeTarget(
+      'one forwarded stream, direct: at least `ssh -L`',
+      ratio(direct, find('`ssh -L` (OpenSSH)')),
+      1,
+      'higher',
+      (x) => `${pct(x)} of \`ssh -L\``,
+    ),
+    judgeTarget(
+      'relayed: at least half of direct',
+      ratio(find('`port-forward`, relayed'), direct),
+      0.5,
+      'higher',
+      (x) => `${pct(x)} of direct`,
+    ),
+    judgeTarget(
+      '`ssh coder-mesh.NAME true` no slower than `ssh` to sshd',
+      toAnchor('true` (ProxyCommand, cold)'),
+      1,
+      'lower',
+      timesSshd,
+    ),
+    judgeTarget(
+      'the same, with `connect` running',
+      toAnchor('with `connect` running'),
+      1,
+      'lower',
+      timesSshd,
+    ),
+    judgeTarget(
+      'idle agent under 60 MiB',
+      find('idle agent RSS')?.median,
+      60,
+      'lower',
+      (x) => `${x.toFixed(0)} MiB`,
+    ),
+    {
+      target: 'memory bounded whatever the reader speed',
+      measured: 'not in the bench: client/mesh-commands.test.ts (1 GiB to a stalling reader)',
+    },
+    judgeTarget(
+      '10,000 simulated agents within 2 GiB',
+      tenK?.median,
+      2048,
+      'lower',
+      (x) => `${x.toFixed(0)} MiB${tenKMeasured === undefined ? ', extrapolated' : ''}`,
+    ),
+  ]
 }
 
 const METHOD = [

@@ -10,13 +10,12 @@ import { once } from 'node:events'
 import { readFile, stat, unlink, writeFile } from 'node:fs/promises'
 import { connect, createServer, type AddressInfo, type Server } from 'node:net'
 import { createServer as createHttpServer } from 'node:http'
-import { dirname, join } from 'node:path'
+import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import {
   BIN,
+  discardTestServer,
   loginOwner,
-  processesUnder,
-  removeTree,
   runCli,
   savedSession,
   startTestServer,
@@ -90,14 +89,7 @@ describe('coder-mesh connect', () => {
   afterAll(async () => {
     for (const child of running) child.kill('SIGKILL')
     http?.close()
-    if (server === undefined) return
-    try {
-      await server.cli(['delete', 'dev', '-y'])
-    } finally {
-      await server.stop()
-      for (const pid of await processesUnder(server.dataDir)) process.kill(pid, 'SIGKILL')
-      await removeTree(dirname(server.dataDir))
-    }
+    await discardTestServer(server, ['dev'])
   })
 
   interface Connect {

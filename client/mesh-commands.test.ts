@@ -13,14 +13,13 @@ import { createHash, randomBytes, randomInt } from 'node:crypto'
 import { once } from 'node:events'
 import { readFile } from 'node:fs/promises'
 import { connect, createServer, type AddressInfo, type Server } from 'node:net'
-import { dirname } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import {
   BIN,
   cleanEnv,
+  discardTestServer,
   loginOwner,
   processesUnder,
-  removeTree,
   startTestServer,
   waitFor,
   type TestServer,
@@ -121,14 +120,7 @@ describe('coder-mesh port-forward, ping and speedtest', () => {
   afterAll(async () => {
     for (const forward of forwards) forward.child.kill('SIGKILL')
     hash?.close()
-    if (server === undefined) return
-    try {
-      await server.cli(['delete', 'dev', '-y'])
-    } finally {
-      await server.stop()
-      for (const pid of await processesUnder(server.dataDir)) process.kill(pid, 'SIGKILL')
-      await removeTree(dirname(server.dataDir))
-    }
+    await discardTestServer(server, ['dev'])
   })
 
   /** Starts `coder-mesh port-forward dev` with one --tcp per spec; resolves once it listens. */

@@ -7,7 +7,7 @@ import pty, { type IPty } from '@lydell/node-pty'
 import { execa, type ResultPromise } from 'execa'
 import { mkdir, mkdtemp, readdir, readFile, readlink, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
-import { join } from 'node:path'
+import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
 export const ROOT = fileURLToPath(new URL('..', import.meta.url))
@@ -203,6 +203,25 @@ export async function processesUnder(dir: string): Promise<number[]> {
     }
   }
   return found
+}
+
+/**
+ * Ends a test server that built `workspaces`: deletes them (Terraform
+ * destroys what they made), stops the server, kills any agent left behind
+ * and removes its folders. Safe on a server that never started.
+ */
+export async function discardTestServer(
+  server: TestServer | undefined,
+  workspaces: string[],
+): Promise<void> {
+  if (server === undefined) return
+  try {
+    for (const name of workspaces) await server.cli(['delete', name, '-y'])
+  } finally {
+    await server.stop()
+    for (const pid of await processesUnder(server.dataDir)) process.kill(pid, 'SIGKILL')
+    await removeTree(dirname(server.dataDir))
+  }
 }
 
 /** Waits until `check` returns true, polling; throws after `timeout` ms. */
