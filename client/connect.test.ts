@@ -16,6 +16,8 @@ import {
   BIN,
   discardTestServer,
   loginOwner,
+  newCliUser,
+  removeTree,
   runCli,
   savedSession,
   startTestServer,
@@ -332,6 +334,25 @@ describe('coder-mesh connect', () => {
     expect(viaOpenSsh.exitCode, String(viaOpenSsh.stderr)).toBe(255)
   }, 120_000)
 
+  it('should fail ssh in one line when the stream it was given ends during the SSH handshake', async () => {
+    // A link that grants a stream that closes once SSH has begun, as a
+    // stream the agent turns away after the version lines does.
+    const link = createServer({ allowHalfOpen: true }, (socket) => {
+      socket.once('data', () =>
+        socket.end('{"ok":true,"path":"direct (tcp)"}\nSSH-2.0-OpenSSH_9.0\r\n'),
+      )
+    })
+    link.listen(join(server.configDir, LINK_SOCKET))
+    await once(link, 'listening')
+    try {
+      const r = await server.cli(['ssh', 'dev', '--', 'true'])
+      expect(r.exitCode).toBe(1)
+      expect(r.stderr).toMatch(/^error: The SSH handshake .* failed.*\(MESH_CONNECT_FAILED\)$/)
+    } finally {
+      link.close()
+    }
+  }, 60_000)
+
   it("should not hand another login's commands its connection", async () => {
     const password = 'carol password 42'
     const created = await server.cli([
@@ -362,6 +383,48 @@ describe('coder-mesh connect', () => {
       expect(await stop(c)).toBe(0)
     }
   }, 120_000)
+
+  it('should stop serving a user who was suspended, and let ssh say why', async () => {
+    const password = 'dora password 42'
+    const created = await server.cli([
+      'users',
+      'create',
+      'dora',
+      '--email',
+      'dora@example.test',
+      '--password',
+      password,
+    ])
+    expect(created.exitCode, created.stderr).toBe(0)
+    const token = (await new ApiClient({ url: server.url }).login('dora', password)).sessionToken
+    const dora = await newCliUser({ CODER_MESH_URL: server.url, CODER_MESH_SESSION_TOKEN: token })
+    const built = await runCli(dora.env, ['create', 'lab', '--template', 'local', '-y'])
+    expect(built.exitCode, built.stderr).toBe(0)
+
+    const c = await startConnect(dora.env)
+    try {
+      const before = await runCli(dora.env, ['ssh', 'lab', '--', 'echo in'])
+      expect(before.stdout.trim()).toBe('in')
+
+      // Suspending ends her sessions and her connections to agents. connect
+      // then asks the coordinator before dialing again, and hears it: ssh
+      // falls back to asking itself, and says what happened.
+      expect((await server.cli(['users', 'suspend', 'dora'])).exitCode).toBe(0)
+      let after = { exitCode: 0, stdout: '', stderr: '' }
+      await waitFor('ssh to be refused', async () => {
+        after = await runCli(dora.env, ['ssh', 'lab', '--', 'echo in'])
+        return after.exitCode !== 0 && !/MESH_CONNECT_FAILED/.test(after.stderr)
+      })
+      expect(after.stdout).toBe('')
+      expect(after.stderr).toMatch(/\(MESH_UNAUTHENTICATED\)/)
+      expect(c.stderr()).not.toMatch(/Reconnected/)
+    } finally {
+      expect(await stop(c)).toBe(0)
+      await server.cli(['users', 'activate', 'dora'])
+      await server.cli(['delete', 'dora/lab', '-y'])
+      await removeTree(dora.home)
+    }
+  }, 180_000)
 
   it("should carry ssh and OpenSSH on connect's connection, even with the coordinator down", async () => {
     const c = await startConnect()

@@ -41,6 +41,7 @@ import {
 } from './mesh-client.ts'
 import { notice, printable, write } from './output.ts'
 import { formatHostPort, listen } from './port-forward.ts'
+import { ensureConfigDir } from './session.ts'
 
 export const DEFAULT_SOCKS_ADDRESS = '127.0.0.1:1080'
 /** The domain the proxy resolves: `NAME.coder-mesh`, `NAME.OWNER.coder-mesh`. */
@@ -321,6 +322,9 @@ async function startLink(
     return undefined
   }
 
+  // A login from the environment (CODER_MESH_SESSION_TOKEN) may never have
+  // made the folder.
+  await ensureConfigDir(dir)
   const server = createServer({ allowHalfOpen: true }, (socket) => {
     void serveLink(socket, owner, pool)
   })

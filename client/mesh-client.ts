@@ -8,9 +8,9 @@
  * 2. Dial the agent on every path at once (netstack/dial.ts) and keep ONE
  *    connection for every stream of the run.
  * 3. Open ticketed streams on it. When that connection has died, the next
- *    stream dials again, asking the coordinator for fresh addresses if the
- *    known ones fail (the agent may have restarted elsewhere), so a
- *    long-running forward recovers without the user doing anything.
+ *    stream asks the coordinator for a fresh ticket and addresses (the agent
+ *    may have restarted elsewhere, the workspace stopped) and dials again,
+ *    so a long-running forward recovers without the user doing anything.
  * 4. Renew the ticket at RENEW_FRACTION of its lifetime while the mesh is
  *    open, for the same peer id: tickets last an hour, forwards run for
  *    days, and the relay's grant for our peer is renewed with the ticket.
@@ -31,7 +31,7 @@ import {
 } from '../netstack/dial.ts'
 import { newPeerKey } from '../netstack/keys.ts'
 import { createMeshNode, meshWebrtc, type MeshNode } from '../netstack/node.ts'
-import type { ApiClient } from '../sdk/api-client.ts'
+import { isUnreachable, type ApiClient } from '../sdk/api-client.ts'
 import type { ConnectResponse, Workspace } from '../sdk/api-types.ts'
 import { HOUR, SECOND } from '../sdk/config.ts'
 import { isMeshError, MeshError, type ErrorCode } from '../sdk/errors.ts'
@@ -311,24 +311,26 @@ class MeshSession implements WorkspaceMesh {
     return this.redialing
   }
 
+  /**
+   * Dials again after the connection died. The coordinator is asked first:
+   * the workspace may have stopped, been deleted or moved to a new agent,
+   * or our access may have ended (a suspended user, a revoked ticket), and
+   * its answer says so at once where a dial to the old agent would only
+   * time out or succeed into refusals. A coordinator that cannot be reached
+   * does not stop us: the ticket we hold still opens the agent's door.
+   */
   private async redial(signal?: AbortSignal): Promise<Connection> {
     const previous = this.current
-    let connection: Connection
-    try {
-      connection = await this.dial(signal)
-    } catch (err) {
-      if (signal?.aborted === true) throw err
-      // The agent may have restarted on other addresses (or with another
-      // identity): the coordinator knows where it is now.
-      await this.renew()
-      connection = await this.dial(signal)
-    }
+    await this.renew().catch((err: unknown) => {
+      if (!isUnreachable(err)) throw err
+    })
+    const connection = await this.dial(signal)
     if (previous !== connection && previous.status === 'open') {
       // Connected to the workspace's new agent: the old one's streams are over.
       previous.abort(new Error('the workspace agent changed'))
     }
     this.current = connection
-    this.notice(`Reconnected to ${this.workspace} via ${describePath(connection)}.`)
+    this.notice(`Reconnected to ${this.workspace} ${viaPath(describePath(connection))}.`)
     return connection
   }
 

@@ -164,7 +164,7 @@ export async function removeSession(): Promise<void> {
  * Makes the config folder if it is missing (0700, and its missing parents).
  * An existing folder keeps its mode: it may be shared on purpose (1777).
  */
-async function ensureConfigDir(dir: string): Promise<void> {
+export async function ensureConfigDir(dir: string): Promise<void> {
   let info
   try {
     info = await stat(dir)

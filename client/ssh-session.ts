@@ -246,9 +246,16 @@ async function runClient(duplex: Duplex, options: SshOptions, watch: Watch): Pro
   await new Promise<void>((resolve, reject) => {
     const onError = (err: Error): void =>
       reject(connectFailed('The SSH handshake with the workspace agent failed.', err))
+    // A stream the agent closed (a ticket it no longer takes) ends without
+    // an error; ssh2 would wait on it forever.
+    const onGone = (): void => onError(new Error('the agent closed the stream'))
     client.once('error', onError)
+    client.once('end', onGone)
+    client.once('close', onGone)
     client.once('ready', () => {
       client.off('error', onError)
+      client.off('end', onGone)
+      client.off('close', onGone)
       resolve()
     })
     client.connect({
