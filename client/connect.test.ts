@@ -17,6 +17,7 @@ import {
   discardTestServer,
   loginOwner,
   newCliUser,
+  OWNER,
   removeTree,
   runCli,
   savedSession,
@@ -160,7 +161,10 @@ describe('coder-mesh connect', () => {
         Array.from({ length: 8 }, () => curl(c.port, `http://dev.coder-mesh:${httpPort}/`)),
       )
       for (const r of many) expect(sha(r.body)).toBe(sha(body))
-      expect(c.stderr().match(/Connected to dev/g)).toHaveLength(1)
+      // Named with its owner, it is the same workspace and the same connection.
+      const owned = await curl(c.port, `http://dev.${OWNER.username}.coder-mesh:${httpPort}/`)
+      expect(sha(owned.body)).toBe(sha(body))
+      expect(c.stderr().match(/Connected to /g)).toHaveLength(1)
     } finally {
       expect(await stop(c)).toBe(0)
     }

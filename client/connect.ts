@@ -159,6 +159,8 @@ class MeshPool {
   private readonly api: ApiClient
   private readonly paths: MeshPaths
   private readonly meshes = new Map<string, Promise<WorkspaceMesh>>()
+  /** Our own username, asked for the first time a name carries an owner. */
+  private username: Promise<string | undefined> | undefined
   private closed = false
 
   constructor(api: ApiClient, paths: MeshPaths) {
@@ -174,6 +176,7 @@ class MeshPool {
    */
   async open(workspace: string, protocol: string, header?: Uint8Array): Promise<MeshStream> {
     if (this.closed) throw new MeshError('MESH_CONNECT_FAILED', 'coder-mesh connect is stopping.')
+    workspace = await this.ownName(workspace)
     let opening = this.meshes.get(workspace)
     if (opening === undefined) {
       opening = openWorkspaceMesh(this.api, workspace, {
@@ -193,6 +196,25 @@ class MeshPool {
       throw err
     }
     return mesh.openStream(protocol, { header })
+  }
+
+  /**
+   * `OWNER/NAME` of one of our own workspaces is `NAME`, so that both ways
+   * of naming it share one connection.
+   */
+  private async ownName(workspace: string): Promise<string> {
+    const slash = workspace.indexOf('/')
+    if (slash === -1) return workspace
+    this.username ??= this.api.me().then(
+      (user) => user.username,
+      () => {
+        // Asked again next time: the coordinator may be back.
+        this.username = undefined
+        return undefined
+      },
+    )
+    const owner = workspace.slice(0, slash)
+    return owner === (await this.username) ? workspace.slice(slash + 1) : workspace
   }
 
   async closeAll(): Promise<void> {
