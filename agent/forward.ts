@@ -42,9 +42,9 @@ export function createForwardHandler(init: ForwardHandlerInit = {}): MeshStreamH
   const hosts = init.hosts ?? DEFAULT_FORWARD_HOSTS
 
   return async function forward(duplex, { log }) {
-    // Failures surface through the reads and the bridge below; a client
-    // resetting its stream while we connect must not crash the agent.
-    duplex.on('error', () => undefined)
+    // Failures surface through the reads and the bridge below (the stream's
+    // Duplex has an error listener of its own: a client resetting its
+    // stream while we connect does not crash the agent).
     const timer = setTimeout(
       () => duplex.destroy(new Error('no forward request in time')),
       DEFAULT_FORWARD_REQUEST_TIMEOUT,

@@ -13,8 +13,13 @@
  *
  *   command                                       connect
  *   request: one JSON line (LinkRequest)    ──►
+ *                                           ◄──   {"accepted":true}, at once
  *                                           ◄──   reply: one JSON line (LinkReply)
  *   ok: raw bytes of the stream both ways   ◄─►   the mesh stream to the agent
+ *
+ * The first line comes at once from a `connect` that is alive; the reply
+ * only once it has reached the workspace, which may take a while. A link
+ * that does not even accept is from a `connect` that hangs, and is not used.
  *
  * The request names the coordinator and the login (a digest of the session
  * token, never the token): a `connect` started under another login, or
@@ -31,12 +36,16 @@ export const LINK_SOCKET = 'connect.sock'
 export const LINK_VERSION = 2
 /** Longest request or reply line, in bytes. */
 export const MAX_LINK_LINE = 4096
+/** A link that does not accept a request within this long is not used, in ms. */
+const LINK_ACCEPT_MS = 5_000
 /**
- * A link that does not answer within this long is not used, in ms. Long,
- * because `connect` answers once it has reached the workspace, and an agent
- * that is starting takes a while.
+ * A link that accepted but does not reply within this long is not used, in
+ * ms. Long, because `connect` replies once it has reached the workspace, and
+ * an agent that is starting takes a while.
  */
 const LINK_REPLY_MS = 120_000
+/** The line `connect` sends as soon as it has read a request it serves. */
+export const LINK_ACCEPTED = '{"accepted":true}'
 
 /** The streams the link carries: the agent's SSH server. */
 export type LinkProtocol = 'ssh'
@@ -93,11 +102,17 @@ export async function openLinkedStream(
     return undefined
   }
 
-  socket.setTimeout(LINK_REPLY_MS, () => socket.destroy(new Error('connect did not answer')))
+  const giveUp = (): void => void socket.destroy(new Error('connect did not answer'))
+  socket.setTimeout(LINK_ACCEPT_MS, giveUp)
   socket.write(JSON.stringify({ version: LINK_VERSION, ...request }) + '\n')
   let reply: LinkReply | undefined
   try {
-    reply = parseReply(await readLine(socket))
+    let line = await readLine(socket)
+    if (line === LINK_ACCEPTED) {
+      socket.setTimeout(LINK_REPLY_MS, giveUp)
+      line = await readLine(socket)
+    }
+    reply = parseReply(line)
   } catch {
     reply = undefined
   }
@@ -115,6 +130,17 @@ export async function openLinkedStream(
     throw new MeshError(reply.code, reply.message, { detail: reply.detail })
   }
   return { socket, path: reply.path }
+}
+
+/** Whether a `connect` answers on the link of `dir`. */
+export async function linkAnswers(dir?: string): Promise<boolean> {
+  try {
+    const socket = await connectUnix(linkPath(dir))
+    socket.destroy()
+    return true
+  } catch {
+    return false
+  }
 }
 
 function connectUnix(path: string): Promise<Socket> {

@@ -8,7 +8,7 @@ import { execa, type ResultPromise } from 'execa'
 import { createHash, randomBytes } from 'node:crypto'
 import { once } from 'node:events'
 import { readFile, stat, unlink, writeFile } from 'node:fs/promises'
-import { connect, createServer, type AddressInfo, type Server } from 'node:net'
+import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net'
 import { createServer as createHttpServer } from 'node:http'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -26,6 +26,7 @@ import {
   writeSshConfig,
   type TestServer,
 } from '../test/harness.ts'
+import { MAX_STREAMS_PER_PROTOCOL } from '../netstack/constants.ts'
 import { ApiClient } from '../sdk/api-client.ts'
 import { parseSocksAddress, workspaceFromMeshHost } from './connect.ts'
 import { LINK_SOCKET } from './connect-link.ts'
@@ -63,11 +64,29 @@ describe('connect: names and flags', () => {
       'a:b:1080',
       '[::1]',
       '::1:80',
+      '0:0',
+      '1080:1080',
     ]) {
       expect(() => parseSocksAddress(bad), bad).toThrow(/Invalid --socks/)
     }
   })
 })
+
+/** The REP byte of a SOCKS5 reply on `socket`; -1 if it closes first. */
+function replyCode(socket: Socket): Promise<number> {
+  return new Promise((resolve) => {
+    const onData = (chunk: Buffer): void => {
+      socket.off('close', onClose)
+      resolve(chunk[1] ?? -1)
+    }
+    const onClose = (): void => {
+      socket.off('data', onData)
+      resolve(-1)
+    }
+    socket.once('data', onData)
+    socket.once('close', onClose)
+  })
+}
 
 describe('coder-mesh connect', () => {
   let server: TestServer
@@ -165,10 +184,67 @@ describe('coder-mesh connect', () => {
       const owned = await curl(c.port, `http://dev.${OWNER.username}.coder-mesh:${httpPort}/`)
       expect(sha(owned.body)).toBe(sha(body))
       expect(c.stderr().match(/Connected to /g)).toHaveLength(1)
+
+      // Each forwarded stream in the agent is a Duplex in two pipelines:
+      // listeners of its own, not a leak for Node to warn of in the log.
+      const found = await execa('find', [server.dataDir, '-name', 'agent.log'])
+      const logs = found.stdout.split('\n').filter((line) => line !== '')
+      expect(logs.length).toBeGreaterThan(0)
+      for (const log of logs) {
+        expect(await readFile(log, 'utf8')).not.toMatch(/MaxListenersExceededWarning/)
+      }
     } finally {
       expect(await stop(c)).toBe(0)
     }
   }, 120_000)
+
+  it('should queue the streams beyond the agent limit instead of refusing them', async () => {
+    // A service that holds every connection open, so every stream stays in use.
+    const held: Socket[] = []
+    const hold = createServer((socket) => {
+      held.push(socket)
+      socket.on('error', () => undefined)
+    })
+    hold.listen(0, '127.0.0.1')
+    await once(hold, 'listening')
+    const holdPort = (hold.address() as AddressInfo).port
+    const c = await startConnect()
+    const total = MAX_STREAMS_PER_PROTOCOL + 6
+    const clients: Socket[] = []
+    try {
+      const replies = await Promise.all(
+        Array.from({ length: total }, async () => {
+          const client = connect(c.port, '127.0.0.1')
+          clients.push(client)
+          client.on('error', () => undefined)
+          await once(client, 'connect')
+          client.write(Buffer.from([5, 1, 0]))
+          await once(client, 'readable')
+          client.read(2)
+          const host = Buffer.from('dev.coder-mesh')
+          const port = Buffer.alloc(2)
+          port.writeUInt16BE(holdPort)
+          client.write(Buffer.concat([Buffer.from([5, 1, 0, 3, host.length]), host, port]))
+          return { client, reply: replyCode(client) }
+        }),
+      )
+      await waitFor(
+        'the agent limit of streams',
+        async () => held.length >= MAX_STREAMS_PER_PROTOCOL,
+      )
+
+      // Six streams end; the six waiting take their places.
+      for (const client of clients.slice(0, 6)) client.destroy()
+      const codes = await Promise.all(replies.map((r) => r.reply))
+      expect(codes.filter((code) => code !== 0)).toEqual([])
+      await waitFor('every connection carried', async () => held.length === total)
+    } finally {
+      for (const client of clients) client.destroy()
+      for (const socket of held) socket.destroy()
+      hold.close()
+      expect(await stop(c)).toBe(0)
+    }
+  }, 180_000)
 
   it('should refuse hosts off the mesh, ports nothing listens on and garbage, and keep serving', async () => {
     const c = await startConnect()
@@ -262,6 +338,56 @@ describe('coder-mesh connect', () => {
     }
   }, 120_000)
 
+  it("should leave another connect's link in place when it stops", async () => {
+    const link = join(server.configDir, LINK_SOCKET)
+    const first = await startConnect()
+    // Its link removed by hand, a second connect makes its own.
+    await unlink(link)
+    const second = await startConnect()
+    expect(await stop(first)).toBe(0)
+    expect((await stat(link)).isSocket()).toBe(true)
+    const linked = await server.ssh('dev', 'echo linked')
+    expect(linked.stdout.trim()).toBe('linked')
+    expect(second.stderr()).toMatch(/Connected to dev/)
+
+    expect(await stop(second)).toBe(0)
+    await expect(stat(link)).rejects.toThrow(/ENOENT/)
+  }, 120_000)
+
+  it('should stop as on Ctrl-C when its terminal closes (SIGHUP)', async () => {
+    const c = await startConnect()
+    c.child.kill('SIGHUP')
+    expect((await c.child).exitCode).toBe(0)
+    expect(c.stderr()).toMatch(/Stopping/)
+    await expect(stat(join(server.configDir, LINK_SOCKET))).rejects.toThrow(/ENOENT/)
+  }, 60_000)
+
+  it('should drop a SOCKS client that sends its request a byte at a time', async () => {
+    const c = await startConnect()
+    try {
+      const client = connect(c.port, '127.0.0.1')
+      client.on('error', () => undefined)
+      await once(client, 'connect')
+      // Not events.once: it rejects on the EPIPE a write into the dropped socket meets.
+      const closed = new Promise((resolve) => client.once('close', resolve))
+      let sent = 0
+      const host = Buffer.from('dev.coder-mesh')
+      const request = Buffer.concat([Buffer.from([5, 1, 0, 5, 1, 0, 3, host.length]), host])
+      // Each byte well inside the 10 s the whole handshake may take.
+      const trickle = setInterval(() => {
+        if (!client.writable || sent === request.length) return
+        client.write(request.subarray(sent, sent + 1), () => undefined)
+        sent++
+      }, 1000)
+      await closed
+      clearInterval(trickle)
+      expect(sent).toBeLessThan(request.length)
+      expect(c.child.exitCode).toBeNull()
+    } finally {
+      expect(await stop(c)).toBe(0)
+    }
+  }, 60_000)
+
   it('should refuse a bad or taken --socks address', async () => {
     const bad = await server.cli(['connect', '--socks', 'localhost:99999'])
     expect(bad.exitCode).toBe(1)
@@ -331,10 +457,12 @@ describe('coder-mesh connect', () => {
     expect(await stop(c)).toBe(0)
     expect(c.stderr()).not.toMatch(/handle type|ERR_/)
     const [viaCli, viaOpenSsh] = await Promise.all([cli.child, openssh.child])
-    expect(viaCli.exitCode, String(viaCli.stderr)).toBe(255)
-    expect(String(viaCli.stderr)).toMatch(
-      /^error: Session ended: the connection through coder-mesh connect was lost\.$/m,
+    // The ProxyCommand's own line, beside OpenSSH's.
+    expect(String(viaOpenSsh.stderr)).toMatch(
+      /^error: Session ended: coder-mesh connect stopped\.$/m,
     )
+    expect(viaCli.exitCode, String(viaCli.stderr)).toBe(255)
+    expect(String(viaCli.stderr)).toMatch(/^error: Session ended: coder-mesh connect stopped\.$/m)
     expect(viaOpenSsh.exitCode, String(viaOpenSsh.stderr)).toBe(255)
   }, 120_000)
 

@@ -22,16 +22,24 @@
  */
 import { Socks5Server } from '@pondwader/socks5-server'
 import { chmod, lstat, unlink } from 'node:fs/promises'
-import { createConnection, createServer, isIP, type Server, type Socket } from 'node:net'
+import { createServer, isIP, type Server, type Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
 import { bridge } from '../netstack/bridge.ts'
-import { SSH_PROTOCOL, TCP_PROTOCOL } from '../netstack/constants.ts'
+import { MAX_STREAMS_PER_PROTOCOL, SSH_PROTOCOL, TCP_PROTOCOL } from '../netstack/constants.ts'
 import { encodeForwardRequest, isPort, readForwardStatus } from '../netstack/forward.ts'
 import type { ApiClient } from '../sdk/api-client.ts'
 import { SECOND } from '../sdk/config.ts'
 import { isMeshError, MeshError, type ErrorCode } from '../sdk/errors.ts'
 import { nameProblem } from '../sdk/names.ts'
-import { linkPath, parseRequest, readLine, sessionDigest, type LinkReply } from './connect-link.ts'
+import {
+  LINK_ACCEPTED,
+  linkAnswers,
+  linkPath,
+  parseRequest,
+  readLine,
+  sessionDigest,
+  type LinkReply,
+} from './connect-link.ts'
 import {
   openWorkspaceMesh,
   viaPath,
@@ -40,8 +48,9 @@ import {
   type WorkspaceMesh,
 } from './mesh-client.ts'
 import { notice, printable, write } from './output.ts'
-import { formatHostPort, listen } from './port-forward.ts'
+import { addressProblem, formatHostPort, listen } from './port-forward.ts'
 import { ensureConfigDir } from './session.ts'
+import { Slots } from './slots.ts'
 
 export const DEFAULT_SOCKS_ADDRESS = '127.0.0.1:1080'
 /** The domain the proxy resolves: `NAME.coder-mesh`, `NAME.OWNER.coder-mesh`. */
@@ -94,6 +103,7 @@ export function parseSocksAddress(text: string): { host: string; port: number } 
   const bracketed = /^\[([^\]]+)\]$/.exec(host)
   if (bracketed !== null) host = bracketed[1] ?? ''
   if (bracketed !== null ? isIP(host) !== 6 : host === '' || /[:[\]\s]/.test(host)) throw bad
+  if (addressProblem(host) !== undefined) throw bad
   return { host, port: Number(portText) }
 }
 
@@ -142,10 +152,7 @@ export async function runConnect(api: ApiClient, options: ConnectOptions): Promi
     notice('Stopping: closing the connections to workspaces.')
   } finally {
     socks?.close()
-    if (link !== undefined) {
-      link.close()
-      await unlink(linkPath(options.configDir)).catch(() => undefined)
-    }
+    await link?.close()
     await pool.closeAll()
   }
 }
@@ -159,6 +166,8 @@ class MeshPool {
   private readonly api: ApiClient
   private readonly paths: MeshPaths
   private readonly meshes = new Map<string, Promise<WorkspaceMesh>>()
+  /** Per workspace and protocol, the streams open and waiting. */
+  private readonly slots = new Map<string, Slots>()
   /** Our own username, asked for the first time a name carries an owner. */
   private username: Promise<string | undefined> | undefined
   private closed = false
@@ -217,6 +226,25 @@ class MeshPool {
     return owner === (await this.username) ? workspace.slice(slash + 1) : workspace
   }
 
+  /**
+   * Runs `use` once a stream of `protocol` to `workspace` may be opened: the
+   * agent takes at most MAX_STREAMS_PER_PROTOCOL of a protocol on one
+   * connection, so the ones beyond wait for a stream to end.
+   */
+  async withStreamSlot<T>(workspace: string, protocol: string, use: () => Promise<T>): Promise<T> {
+    const key = `${workspace} ${protocol}`
+    let slots = this.slots.get(key)
+    if (slots === undefined) {
+      slots = new Slots(MAX_STREAMS_PER_PROTOCOL)
+      this.slots.set(key, slots)
+    }
+    try {
+      return await slots.run(use)
+    } finally {
+      if (slots.idle && this.slots.get(key) === slots) this.slots.delete(key)
+    }
+  }
+
   async closeAll(): Promise<void> {
     this.closed = true
     const all = [...this.meshes.values()]
@@ -240,19 +268,24 @@ async function startSocks(
   pool: MeshPool,
 ): Promise<Server> {
   const socks = new Socks5Server()
+  const handshakes = new WeakMap<Socket, NodeJS.Timeout>()
   socks.setConnectionHandler((connection, sendStatus) => {
     // Our own server made the socket: a net.Socket that allows half-open.
     const socket = connection.socket as Socket
     // The library dropped its error listener before calling us: a client
     // that resets the connection now must not take the process down.
     socket.on('error', () => undefined)
-    socket.setTimeout(0)
+    clearTimeout(handshakes.get(socket))
     void carry(pool, socket, connection.destAddress, connection.destPort, sendStatus)
   })
   // Half-open: a client's FIN ends only its direction (bridge.ts).
   const server = createServer({ allowHalfOpen: true, noDelay: true }, (socket) => {
-    // A client that never finishes its SOCKS request does not hold a socket forever.
-    socket.setTimeout(SOCKS_HANDSHAKE_MS, () => socket.destroy())
+    // A client that never finishes its SOCKS request, or sends it a byte at
+    // a time, does not hold a socket for longer than this in all.
+    const deadline = setTimeout(() => socket.destroy(), SOCKS_HANDSHAKE_MS)
+    deadline.unref()
+    handshakes.set(socket, deadline)
+    socket.once('close', () => clearTimeout(deadline))
     socks._handleConnection(socket)
   })
   return listen(server, address, '--socks')
@@ -275,33 +308,33 @@ async function carry(
     return
   }
 
-  let duplex: Duplex
-  try {
-    const ssh = port === SSH_PORT
-    const stream = ssh
-      ? await pool.open(workspace, SSH_PROTOCOL)
-      : await pool.open(workspace, TCP_PROTOCOL, encodeForwardRequest(port))
-    duplex = stream.duplex
-    duplex.on('error', () => undefined)
-    if (!ssh && !(await readForwardStatus(duplex))) {
-      notice(`Connection to ${workspace}:${port} refused in the workspace.`)
-      duplex.end()
-      duplex.resume()
-      reply('CONNECTION_REFUSED')
+  const ssh = port === SSH_PORT
+  const protocol = ssh ? SSH_PROTOCOL : TCP_PROTOCOL
+  await pool.withStreamSlot(workspace, protocol, async () => {
+    let duplex: Duplex
+    try {
+      const header = ssh ? undefined : encodeForwardRequest(port)
+      duplex = (await pool.open(workspace, protocol, header)).duplex
+      if (!ssh && !(await readForwardStatus(duplex))) {
+        notice(`Connection to ${workspace}:${port} refused in the workspace.`)
+        duplex.end()
+        duplex.resume()
+        reply('CONNECTION_REFUSED')
+        return
+      }
+    } catch (err) {
+      notice(`Could not reach ${target}: ${describe(err)}`)
+      reply(socksStatusFor(err))
       return
     }
-  } catch (err) {
-    notice(`Could not reach ${target}: ${describe(err)}`)
-    reply(socksStatusFor(err))
-    return
-  }
 
-  if (socket.destroyed) {
-    duplex.destroy()
-    return
-  }
-  reply('REQUEST_GRANTED')
-  await bridge(socket, duplex)
+    if (socket.destroyed) {
+      duplex.destroy()
+      return
+    }
+    reply('REQUEST_GRANTED')
+    await bridge(socket, duplex)
+  })
 }
 
 function socksStatusFor(err: unknown): SocksStatus {
@@ -328,11 +361,7 @@ interface LinkOwner {
  * left over from a `connect` that was killed, and replaced. Anything else
  * at that path is not ours to remove.
  */
-async function startLink(
-  dir: string,
-  owner: LinkOwner,
-  pool: MeshPool,
-): Promise<Server | undefined> {
+async function startLink(dir: string, owner: LinkOwner, pool: MeshPool): Promise<Link | undefined> {
   const path = linkPath(dir)
   const length = Buffer.byteLength(path)
   if (length > MAX_SOCKET_PATH) {
@@ -363,7 +392,7 @@ async function startLink(
         `move it away and start again.`,
     )
   }
-  if (await answers(path)) {
+  if (await linkAnswers(dir)) {
     throw new MeshError(
       'MESH_ALREADY_RUNNING',
       `coder-mesh connect is already running for ${dir} (its link ${path} answers): ` +
@@ -376,7 +405,12 @@ async function startLink(
   })
 }
 
-async function listenUnix(server: Server, path: string): Promise<Server> {
+interface Link {
+  /** Stops listening and removes the socket, if it is still this link's. */
+  close(): Promise<void>
+}
+
+async function listenUnix(server: Server, path: string): Promise<Link> {
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject)
     server.listen(path, () => {
@@ -387,18 +421,21 @@ async function listenUnix(server: Server, path: string): Promise<Server> {
   // The socket hands out streams in the user's name, like the session file.
   await chmod(path, 0o600)
   server.on('error', (err) => notice(`Link ${path}: ${err.message}`))
-  return server
-}
-
-function answers(path: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = createConnection({ path })
-    socket.once('connect', () => {
-      socket.destroy()
-      resolve(true)
-    })
-    socket.once('error', () => resolve(false))
-  })
+  const made = await lstat(path)
+  return {
+    async close() {
+      const now = await lstat(path).catch(() => undefined)
+      if (now?.ino === made.ino && now.dev === made.dev) {
+        // Closing a Unix socket server removes its path (libuv does).
+        server.close()
+        return
+      }
+      // Someone removed our socket and another connect made its own in
+      // its place: closing ours would remove theirs, by name. The socket
+      // goes with the process instead.
+      server.unref()
+    },
+  }
 }
 
 function linkFailed(path: string, cause: unknown): MeshError {
@@ -435,28 +472,28 @@ async function serveLink(socket: Socket, owner: LinkOwner, pool: MeshPool): Prom
     return
   }
 
-  let duplex: Duplex
-  let path: string
-  try {
-    const stream = await pool.open(request.workspace, SSH_PROTOCOL)
-    duplex = stream.duplex
-    path = stream.path
-  } catch (err) {
-    const error = isMeshError(err)
-      ? err
-      : new MeshError('MESH_CONNECT_FAILED', 'Could not reach the workspace agent.', {
-          detail: describe(err),
-        })
-    send({ ok: false, code: error.code, message: error.message, detail: error.detail })
-    socket.end()
-    return
-  }
-  if (socket.destroyed) {
-    duplex.destroy()
-    return
-  }
-  send({ ok: true, path })
-  await bridge(socket, duplex)
+  socket.write(LINK_ACCEPTED + '\n')
+  await pool.withStreamSlot(request.workspace, SSH_PROTOCOL, async () => {
+    let stream: MeshStream
+    try {
+      stream = await pool.open(request.workspace, SSH_PROTOCOL)
+    } catch (err) {
+      const error = isMeshError(err)
+        ? err
+        : new MeshError('MESH_CONNECT_FAILED', 'Could not reach the workspace agent.', {
+            detail: describe(err),
+          })
+      send({ ok: false, code: error.code, message: error.message, detail: error.detail })
+      socket.end()
+      return
+    }
+    if (socket.destroyed) {
+      stream.duplex.destroy()
+      return
+    }
+    send({ ok: true, path: stream.path })
+    await bridge(socket, stream.duplex)
+  })
 }
 
 function describe(err: unknown): string {

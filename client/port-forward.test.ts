@@ -30,6 +30,7 @@ describe('parseForwardSpec', () => {
     ['[127.0.0.1]:8080:80', /not an IPv6 address/],
     ['[::1]8080:80', /a port must follow the address/],
     ['[::1]:8080', /give both LOCAL and REMOTE/],
+    ['47401:47312:1', /the address "47401" is a bare number/],
   ])('should refuse %j with MESH_BAD_ARGUMENT', (value, message) => {
     let error: unknown
     try {

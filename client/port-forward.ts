@@ -22,6 +22,7 @@ import type { ApiClient } from '../sdk/api-client.ts'
 import { MeshError } from '../sdk/errors.ts'
 import { openWorkspaceMesh, type MeshPaths, type WorkspaceMesh } from './mesh-client.ts'
 import { notice, write } from './output.ts'
+import { Slots } from './slots.ts'
 
 export const DEFAULT_FORWARD_HOST = '127.0.0.1'
 
@@ -64,12 +65,24 @@ export function parseForwardSpec(value: string): ForwardSpec {
   if (parts.length === 3) {
     host = parts.shift() ?? ''
     if (host === '') throw bad('the address is empty')
+    const problem = addressProblem(host)
+    if (problem !== undefined) throw bad(problem)
   }
   const [localText = '', remoteText = localText] = parts
   const local = parsePort(localText, bad, 'LOCAL')
   const remote = parsePort(remoteText, bad, 'REMOTE')
   if (!isPort(remote)) throw bad(`REMOTE must be 1-${MAX_PORT}`)
   return { host, port: local, remote }
+}
+
+/**
+ * Why `host`, given as a listening address, is not one. A bare number is
+ * refused: the resolver would take `8080` for the IPv4 address 0.0.31.144,
+ * which is never what was meant.
+ */
+export function addressProblem(host: string): string | undefined {
+  if (/^\d+$/.test(host)) return `the address ${JSON.stringify(host)} is a bare number`
+  return undefined
 }
 
 function parsePort(text: string, bad: (reason: string) => MeshError, which: string): number {
@@ -213,8 +226,7 @@ class Forwarder {
   private readonly mesh: WorkspaceMesh
   private readonly workspace: string
   private readonly sockets = new Set<Socket>()
-  private readonly waiting: (() => void)[] = []
-  private active = 0
+  private readonly slots = new Slots(MAX_STREAMS_PER_PROTOCOL)
 
   constructor(mesh: WorkspaceMesh, workspace: string) {
     this.mesh = mesh
@@ -226,24 +238,11 @@ class Forwarder {
     // Until the bridge takes over, errors only end this connection.
     socket.on('error', () => undefined)
     socket.once('close', () => this.sockets.delete(socket))
-    void this.withSlot(() => this.forward(socket, spec))
+    void this.slots.run(() => this.forward(socket, spec))
   }
 
   closeAll(): void {
     for (const socket of this.sockets) socket.resetAndDestroy()
-  }
-
-  private async withSlot(task: () => Promise<void>): Promise<void> {
-    if (this.active >= MAX_STREAMS_PER_PROTOCOL) {
-      await new Promise<void>((resolve) => this.waiting.push(resolve))
-    }
-    this.active++
-    try {
-      await task()
-    } finally {
-      this.active--
-      this.waiting.shift()?.()
-    }
   }
 
   private async forward(socket: Socket, spec: ForwardSpec): Promise<void> {

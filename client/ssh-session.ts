@@ -28,7 +28,7 @@ import type { WorkspaceStatus } from '../sdk/api-types.ts'
 import { isMeshError } from '../sdk/errors.ts'
 import { exitStatusCode, signalExitCode } from './args.ts'
 import { ESCAPE_HELP, escapeFilter, type EscapeAction } from './escape.ts'
-import { openLinkedStream, sessionDigest } from './connect-link.ts'
+import { linkAnswers, openLinkedStream, sessionDigest } from './connect-link.ts'
 import { connectFailed } from './errors.ts'
 
 /** How often a session checks that its workspace is still running, in ms. */
@@ -38,6 +38,8 @@ export const KEEPALIVE_COUNT_MAX = 3
 
 /** Exit status when the session is lost rather than ended by the remote side. */
 export const SESSION_LOST = 255
+const CONNECTION_LOST = 'agent unreachable: the connection was lost'
+const CONNECT_GONE = 'coder-mesh connect stopped'
 /** Exit status when our stdout was closed before the session ended. */
 export const STDOUT_CLOSED = 128 + (osConstants.signals.SIGPIPE ?? 13)
 
@@ -105,8 +107,14 @@ interface Watch {
   lose(reason: string): void
   /** The reason to report for a session that ended without an exit status. */
   explain(fallback: string): Promise<string>
-  /** What a lost connection is called: this process's own, or connect's. */
-  connectionLost: string
+  /**
+   * Why the stream ended, when nothing said: for a stream of this process,
+   * its connection was lost; for one from `connect`, either connect's
+   * connection to the agent was lost or connect itself went away.
+   */
+  connectionLost(): Promise<string>
+  /** Whether the stream came from `connect` through its link. */
+  linked: boolean
   stop(): void
 }
 
@@ -123,10 +131,10 @@ interface Carrier {
 function supervise(api: ApiClient, name: string, duplex: Duplex, carrier?: Carrier): Watch {
   let lostReason: string | undefined
   let stopped = false
-  const connectionLost =
-    carrier === undefined
-      ? 'the connection through coder-mesh connect was lost'
-      : 'agent unreachable: the connection was lost'
+  const connectionLost = async (): Promise<string> => {
+    if (carrier !== undefined) return CONNECTION_LOST
+    return (await linkAnswers()) ? `${CONNECTION_LOST} (coder-mesh connect's)` : CONNECT_GONE
+  }
 
   const lose = (reason: string): void => {
     if (lostReason !== undefined || stopped) return
@@ -155,7 +163,7 @@ function supervise(api: ApiClient, name: string, duplex: Duplex, carrier?: Carri
 
   const onClose = (evt: CustomEvent<Connection>): void => {
     if (evt.detail.id !== carrier?.connection.id) return
-    void check().then((reason) => lose(reason ?? connectionLost))
+    void check().then((reason) => lose(reason ?? CONNECTION_LOST))
   }
   carrier?.node.addEventListener('connection:close', onClose)
 
@@ -167,6 +175,7 @@ function supervise(api: ApiClient, name: string, duplex: Duplex, carrier?: Carri
       return (await check()) ?? fallback
     },
     connectionLost,
+    linked: carrier === undefined,
     stop() {
       stopped = true
       clearInterval(timer)
@@ -227,8 +236,11 @@ async function proxyStdio(duplex: Duplex, watch: Watch): Promise<number> {
   if (stdoutClosed) return STDOUT_CLOSED
   await flush(stdout)
   stdout.off('error', onStdoutError)
-  if (ended && watch.reason() === undefined) return 0
-  reportLoss(await watch.explain(watch.connectionLost), false)
+  // A linked stream ends the same way whether the agent ended it or
+  // connect went away: only the link tells them apart.
+  const connectGone = ended && watch.linked && !(await linkAnswers())
+  if (ended && watch.reason() === undefined && !connectGone) return 0
+  reportLoss(connectGone ? CONNECT_GONE : await watch.explain(await watch.connectionLost()), false)
   return SESSION_LOST
 }
 
@@ -390,7 +402,7 @@ async function runClient(duplex: Duplex, options: SshOptions, watch: Watch): Pro
       ? `agent unreachable: no answer to keepalives for ${
           (KEEPALIVE_INTERVAL_MS * (KEEPALIVE_COUNT_MAX + 1)) / 1000
         } s`
-      : watch.connectionLost
+      : await watch.connectionLost()
   reportLoss(await watch.explain(fallback), raw)
   return SESSION_LOST
 }

@@ -17,6 +17,9 @@ import type { Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 
+/** Listeners a bridged Duplex may have per event before Node warns of a leak. */
+const BRIDGE_MAX_LISTENERS = 32
+
 export interface BridgeResult {
   /** Bytes read from the socket and written to the stream. */
   sent: number
@@ -37,6 +40,10 @@ export async function bridge(socket: Socket, duplex: Duplex): Promise<BridgeResu
   // Interactive traffic through forwards (SSH, HTTP/1 request-response)
   // pays Nagle's delay on every small write (PROBES trap 6).
   socket.setNoDelay(true)
+
+  // Two pipelines, this bridge and the stream's owners each listen for the
+  // Duplex's errors: more than Node's default of 10 by design, not a leak.
+  duplex.setMaxListeners(Math.max(duplex.getMaxListeners(), BRIDGE_MAX_LISTENERS))
 
   const result: BridgeResult = { sent: 0, received: 0 }
   // A reset stream resets the socket (RST, not FIN), so the local program

@@ -32,19 +32,19 @@ function collect(value: string, previous: string[]): string[] {
 }
 
 /**
- * An AbortSignal that fires on SIGINT or SIGTERM, for commands that run
- * until stopped; `done` removes the handlers.
+ * An AbortSignal that fires on SIGINT, SIGTERM or SIGHUP (the terminal
+ * closed), for commands that run until stopped, so that they clean up as
+ * on Ctrl-C; `done` removes the handlers.
  */
 function stopSignal(): { signal: AbortSignal; done: () => void } {
   const controller = new AbortController()
   const stop = (): void => controller.abort()
-  process.once('SIGINT', stop)
-  process.once('SIGTERM', stop)
+  const signals = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const
+  for (const signal of signals) process.once(signal, stop)
   return {
     signal: controller.signal,
     done: () => {
-      process.off('SIGINT', stop)
-      process.off('SIGTERM', stop)
+      for (const signal of signals) process.off(signal, stop)
     },
   }
 }
