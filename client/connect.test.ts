@@ -354,6 +354,21 @@ describe('coder-mesh connect', () => {
     await expect(stat(link)).rejects.toThrow(/ENOENT/)
   }, 120_000)
 
+  it('should be passed over by ssh when it hangs', async () => {
+    const c = await startConnect()
+    const pid = c.child.pid ?? 0
+    // Stopped, it still has its link, and the kernel still takes connections on it.
+    process.kill(pid, 'SIGSTOP')
+    try {
+      const r = await server.cli(['ssh', 'dev', '--', 'echo own'], { timeout: 50_000 })
+      expect(r.stdout.trim()).toBe('own')
+      expect(r.exitCode).toBe(0)
+    } finally {
+      process.kill(pid, 'SIGCONT')
+      expect(await stop(c)).toBe(0)
+    }
+  }, 60_000)
+
   it('should stop as on Ctrl-C when its terminal closes (SIGHUP)', async () => {
     const c = await startConnect()
     c.child.kill('SIGHUP')
