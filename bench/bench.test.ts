@@ -80,7 +80,7 @@ describe('npm run bench -- --quick', () => {
     if (dir !== undefined) await rm(dir, { recursive: true, force: true })
   })
 
-  it('should write the machine, the date, and every figure with its spread, anchor and ratio', () => {
+  it('should write the machine, the date, and each figure with spread, anchor and ratio', () => {
     expect(results).toMatch(/<!-- bench:quick:start -->\nRun: `npm run bench -- --quick`, /)
     expect(results).toMatch(/^Machine: .+, \d+ cores, [\d.]+ GiB, Linux .+, Node v\d+/m)
     expect(results).not.toMatch(/--output/)

@@ -246,7 +246,7 @@ describe('coder-mesh connect', () => {
     }
   }, 180_000)
 
-  it('should refuse hosts off the mesh, ports nothing listens on and garbage, and keep serving', async () => {
+  it('should refuse hosts off the mesh, closed ports and garbage, and keep serving', async () => {
     const c = await startConnect()
     try {
       const outside = await curl(c.port, `http://127.0.0.1:${httpPort}/`)
@@ -284,7 +284,7 @@ describe('coder-mesh connect', () => {
     }
   }, 120_000)
 
-  it('should refuse a second connect for the same config folder, and replace a stale link', async () => {
+  it('should refuse a second connect for one config folder; replace a stale link', async () => {
     const c = await startConnect()
     const link = join(server.configDir, LINK_SOCKET)
     expect((await stat(link)).mode & 0o777).toBe(0o600)
@@ -305,7 +305,7 @@ describe('coder-mesh connect', () => {
     await expect(stat(link)).rejects.toThrow(/ENOENT/)
   }, 120_000)
 
-  it('should leave alone what is not its link, and do without one where the path is too long', async () => {
+  it('should leave alone what is not its link; do without one on too long a path', async () => {
     const link = join(server.configDir, LINK_SOCKET)
     await writeFile(link, 'not a socket')
     try {
@@ -481,7 +481,7 @@ describe('coder-mesh connect', () => {
     expect(viaOpenSsh.exitCode, String(viaOpenSsh.stderr)).toBe(255)
   }, 120_000)
 
-  it('should fail ssh in one line when the stream it was given ends during the SSH handshake', async () => {
+  it('should fail ssh in one line when its stream ends during the SSH handshake', async () => {
     // A link that grants a stream that closes once SSH has begun, as a
     // stream the agent turns away after the version lines does.
     const link = createServer({ allowHalfOpen: true }, (socket) => {
@@ -573,7 +573,7 @@ describe('coder-mesh connect', () => {
     }
   }, 180_000)
 
-  it("should carry ssh and OpenSSH on connect's connection, even with the coordinator down", async () => {
+  it('should carry ssh and OpenSSH on its connection, even with the coordinator down', async () => {
     const c = await startConnect()
     try {
       const warm = await server.ssh('dev', 'echo warm')

@@ -92,7 +92,10 @@ function parsePort(text: string, bad: (reason: string) => MeshError, which: stri
   return port
 }
 
-/** Parses every `--tcp` value; MESH_BAD_ARGUMENT for none, a bad one, or a local port given twice. */
+/**
+ * Parses every `--tcp` value; MESH_BAD_ARGUMENT for none, a bad one, or a
+ * local port given twice.
+ */
 export function parseForwardSpecs(values: readonly string[]): ForwardSpec[] {
   if (values.length === 0) {
     throw new MeshError('MESH_BAD_ARGUMENT', `Nothing to forward: add --tcp LOCAL:REMOTE.`)

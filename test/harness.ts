@@ -298,7 +298,10 @@ export interface TerminalRun {
   term: IPty
   exited: Promise<number>
   screen(): string
-  /** Waits until the screen holds `text` (or matches it); throws, showing the screen, after `timeout` ms. */
+  /**
+   * Waits until the screen holds `text` (or matches it); throws, showing
+   * the screen, after `timeout` ms.
+   */
   waitFor(text: string | RegExp, timeout?: number): Promise<void>
 }
 
