@@ -232,7 +232,7 @@ class MeshPool {
    * connection, so the ones beyond wait for a stream to end.
    */
   async withStreamSlot<T>(workspace: string, protocol: string, use: () => Promise<T>): Promise<T> {
-    const key = `${workspace} ${protocol}`
+    const key = `${await this.ownName(workspace)} ${protocol}`
     let slots = this.slots.get(key)
     if (slots === undefined) {
       slots = new Slots(MAX_STREAMS_PER_PROTOCOL)
