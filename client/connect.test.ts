@@ -72,6 +72,14 @@ describe('connect: names and flags', () => {
   })
 })
 
+/** A SOCKS5 CONNECT request (RFC 1928) to `host`:`port`, by name. */
+function socksConnect(host: string, port: number): Buffer {
+  const name = Buffer.from(host)
+  const portBytes = Buffer.alloc(2)
+  portBytes.writeUInt16BE(port)
+  return Buffer.concat([Buffer.from([5, 1, 0, 3, name.length]), name, portBytes])
+}
+
 /** The REP byte of a SOCKS5 reply on `socket`; -1 if it closes first. */
 function replyCode(socket: Socket): Promise<number> {
   return new Promise((resolve) => {
@@ -142,6 +150,23 @@ describe('coder-mesh connect', () => {
     const port = Number(/127\.0\.0\.1:(\d+)/.exec(out)?.[1])
     if (!(port > 0)) throw new Error(`connect did not start: ${out}${err}`)
     return { child, port, stderr: () => err }
+  }
+
+  /** Creates the member `name` and logs in as them; their session token. */
+  async function memberSession(name: string): Promise<string> {
+    const password = `${name} password 42`
+    const email = `${name}@example.test`
+    const created = await server.cli([
+      'users',
+      'create',
+      name,
+      '--email',
+      email,
+      '--password',
+      password,
+    ])
+    expect(created.exitCode, created.stderr).toBe(0)
+    return (await new ApiClient({ url: server.url }).login(name, password)).sessionToken
   }
 
   async function stop(connect: Connect): Promise<number> {
@@ -221,10 +246,7 @@ describe('coder-mesh connect', () => {
           client.write(Buffer.from([5, 1, 0]))
           await once(client, 'readable')
           client.read(2)
-          const host = Buffer.from('dev.coder-mesh')
-          const port = Buffer.alloc(2)
-          port.writeUInt16BE(holdPort)
-          client.write(Buffer.concat([Buffer.from([5, 1, 0, 3, host.length]), host, port]))
+          client.write(socksConnect('dev.coder-mesh', holdPort))
           return { client, reply: replyCode(client) }
         }),
       )
@@ -386,8 +408,7 @@ describe('coder-mesh connect', () => {
       // Not events.once: it rejects on the EPIPE a write into the dropped socket meets.
       const closed = new Promise((resolve) => client.once('close', resolve))
       let sent = 0
-      const host = Buffer.from('dev.coder-mesh')
-      const request = Buffer.concat([Buffer.from([5, 1, 0, 5, 1, 0, 3, host.length]), host])
+      const request = Buffer.concat([Buffer.from([5, 1, 0]), socksConnect('dev.coder-mesh', 80)])
       // Each byte well inside the 10 s the whole handshake may take.
       const trickle = setInterval(() => {
         if (!client.writable || sent === request.length) return
@@ -433,10 +454,7 @@ describe('coder-mesh connect', () => {
       await once(client, 'connect')
       client.write(Buffer.from([5, 1, 0]))
       await once(client, 'data')
-      const host = Buffer.from('dev.coder-mesh')
-      const port = Buffer.alloc(2)
-      port.writeUInt16BE(httpPort)
-      client.write(Buffer.concat([Buffer.from([5, 1, 0, 3, host.length]), host, port]))
+      client.write(socksConnect('dev.coder-mesh', httpPort))
       client.resetAndDestroy()
 
       const after = await curl(c.port, `http://dev.coder-mesh:${httpPort}/`)
@@ -501,18 +519,7 @@ describe('coder-mesh connect', () => {
   }, 60_000)
 
   it("should not hand another login's commands its connection", async () => {
-    const password = 'carol password 42'
-    const created = await server.cli([
-      'users',
-      'create',
-      'carol',
-      '--email',
-      'carol@example.test',
-      '--password',
-      password,
-    ])
-    expect(created.exitCode, created.stderr).toBe(0)
-    const carol = (await new ApiClient({ url: server.url }).login('carol', password)).sessionToken
+    const carol = await memberSession('carol')
 
     const c = await startConnect()
     try {
@@ -532,18 +539,7 @@ describe('coder-mesh connect', () => {
   }, 120_000)
 
   it('should stop serving a user who was suspended, and let ssh say why', async () => {
-    const password = 'dora password 42'
-    const created = await server.cli([
-      'users',
-      'create',
-      'dora',
-      '--email',
-      'dora@example.test',
-      '--password',
-      password,
-    ])
-    expect(created.exitCode, created.stderr).toBe(0)
-    const token = (await new ApiClient({ url: server.url }).login('dora', password)).sessionToken
+    const token = await memberSession('dora')
     const dora = await newCliUser({ CODER_MESH_URL: server.url, CODER_MESH_SESSION_TOKEN: token })
     const built = await runCli(dora.env, ['create', 'lab', '--template', 'local', '-y'])
     expect(built.exitCode, built.stderr).toBe(0)
