@@ -13,6 +13,12 @@
  *
  * One connection per workspace, opened on first use and kept until connect
  * stops (mesh-client.ts renews its ticket and dials again after a loss).
+ * Known shortcoming: the SOCKS library (@pondwader/socks5-server) is lax
+ * where RFC 1928 is strict: it takes a request whose version byte is not 5,
+ * leaves unknown commands and address types without the 07 and 08 replies,
+ * and answers BIND and UDP ASSOCIATE with a two-byte reply. Clients see a
+ * failure either way; none of it reaches past our own handler's checks.
+ *
  * Known shortcoming: a workspace used once keeps its connection, and its
  * ticket renewed, for as long as connect runs; nothing closes idle ones.
  *

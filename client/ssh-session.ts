@@ -10,6 +10,9 @@
  * Exit status: the remote command's; 128+N when it died of signal N; 255
  * when the session was lost (workspace stopped, agent unreachable, `~.`),
  * as OpenSSH does; 141 when our stdout was closed early (like SIGPIPE).
+ * Known shortcoming: a session that never started (no such workspace, no
+ * ticket, no path to the agent) exits 1 with the error's code, where
+ * OpenSSH exits 255 for any failure of its own.
  *
  * A session is supervised (field case B06): the workspace is polled every
  * WATCH_INTERVAL_MS and the session ends when it stops or is deleted; SSH
