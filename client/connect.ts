@@ -445,13 +445,8 @@ async function listenUnix(server: Server, path: string): Promise<Link> {
 }
 
 function linkFailed(path: string, cause: unknown): MeshError {
-  return new MeshError(
-    'MESH_CONFIG_UNWRITABLE',
-    `Cannot make the link ${path}: ${describe(cause)}.`,
-    {
-      cause,
-    },
-  )
+  const message = `Cannot make the link ${path}: ${describe(cause)}.`
+  return new MeshError('MESH_CONFIG_UNWRITABLE', message, { cause })
 }
 
 async function serveLink(socket: Socket, owner: LinkOwner, pool: MeshPool): Promise<void> {

@@ -116,8 +116,6 @@ interface Watch {
    * connection to the agent was lost or connect itself went away.
    */
   connectionLost(): Promise<string>
-  /** Whether the stream came from `connect` through its link. */
-  linked: boolean
   stop(): void
 }
 
@@ -178,7 +176,6 @@ function supervise(api: ApiClient, name: string, duplex: Duplex, carrier?: Carri
       return (await check()) ?? fallback
     },
     connectionLost,
-    linked: carrier === undefined,
     stop() {
       stopped = true
       clearInterval(timer)
@@ -241,9 +238,9 @@ async function proxyStdio(duplex: Duplex, watch: Watch): Promise<number> {
   stdout.off('error', onStdoutError)
   // A linked stream ends the same way whether the agent ended it or
   // connect went away: only the link tells them apart.
-  const connectGone = ended && watch.linked && !(await linkAnswers())
-  if (ended && watch.reason() === undefined && !connectGone) return 0
-  reportLoss(connectGone ? CONNECT_GONE : await watch.explain(await watch.connectionLost()), false)
+  const lost = await watch.connectionLost()
+  if (ended && watch.reason() === undefined && lost !== CONNECT_GONE) return 0
+  reportLoss(await watch.explain(lost), false)
   return SESSION_LOST
 }
 
