@@ -26,7 +26,7 @@ import {
 import { MeshError } from '../sdk/errors.ts'
 import { streamBuildLogs } from './build-logs.ts'
 import type { Coordinator } from './coordinator.ts'
-import { bearerToken, slicePage, type AppContext } from './http.ts'
+import { bearerToken, setNextPage, slicePage, type AppContext } from './http.ts'
 import { can } from './rbac.ts'
 import type { UserRecord } from './records.ts'
 import { route, type AnyRoute } from './routes.ts'
@@ -118,7 +118,8 @@ export function workspaceRoutes(coordinator: Coordinator): AnyRoute[] {
       method: 'GET',
       path: '/api/v1/workspaces',
       operationId: 'listWorkspaces',
-      summary: "Your workspaces; `?owner=` for one user's, `?all=true` for everyone's",
+      summary:
+        "Your workspaces by name; `?owner=` for one user's, `?all=true` for everyone's by owner",
       tag: WORKSPACES,
       auth: 'session',
       action: 'workspace:read',
@@ -128,9 +129,12 @@ export function workspaceRoutes(coordinator: Coordinator): AnyRoute[] {
       paginated: true,
       response: z.array(Workspace),
       handler: async (c, { query }) => {
-        const all = query.all === 'true'
-        const list = all ? await workspaces.listAll() : await workspaces.list(await ownerOf(c))
-        return slicePage(c, query, list)
+        const page =
+          query.all === 'true'
+            ? await workspaces.listAll(query)
+            : await workspaces.list(await ownerOf(c), query)
+        setNextPage(c, query, page.more)
+        return page.items
       },
     }),
 

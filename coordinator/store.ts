@@ -100,6 +100,34 @@ export class Collection<V> {
   }
 }
 
+/** Where a page starts and how long it is: a listing's `?offset=&limit=`. */
+export interface PageRange {
+  offset: number
+  limit: number
+}
+
+/** One page of a listing, and whether anything follows it. */
+export interface Page<T> {
+  items: T[]
+  more: boolean
+}
+
+/**
+ * One page of an ordered iteration: skips `offset` items, keeps `limit`, and
+ * reads one more only to tell whether the page is the last. Nothing past that
+ * is read, so a listing costs its page, not everything stored.
+ */
+export async function takePage<T>(source: AsyncIterable<T>, range: PageRange): Promise<Page<T>> {
+  const items: T[] = []
+  let seen = 0
+  for await (const item of source) {
+    if (seen >= range.offset + range.limit) return { items, more: true }
+    if (seen >= range.offset) items.push(item)
+    seen++
+  }
+  return { items, more: false }
+}
+
 /** Writes to several collections, applied together or not at all. */
 export interface Batch {
   put<V>(collection: Collection<V>, key: string, value: V): Batch

@@ -425,6 +425,64 @@ describe('workspaces and builds', () => {
     expect(build.json.code).toBe('MESH_BUILD_NOT_FOUND')
   })
 
+  it("should page workspaces by name, and everyone's by owner then name", async () => {
+    // Clones of one real workspace, written straight into the store, in an
+    // order that is neither their names' nor their ids'.
+    const store = t.coordinator.store
+    const seed = await create('paging-seed')
+    const original = await store.workspaces.get(seed.workspace.id)
+    if (original === undefined) throw new Error('the seed workspace is not stored')
+    await t.user(token, 'pager')
+    const pagerId = await store.usernames.get('pager')
+    if (pagerId === undefined) throw new Error('pager has no id')
+    const clones = [
+      ...['paging-c', 'paging-a', 'paging-d', 'paging-b'].map(
+        (name) => [original.ownerId, name] as const,
+      ),
+      ...['pz', 'pa'].map((name) => [pagerId, name] as const),
+    ]
+    const batch = store.batch()
+    for (const [ownerId, name] of clones) {
+      const id = randomUUID()
+      batch.put(store.workspaces, id, { ...original, id, ownerId, name })
+      batch.put(store.workspaceNames, `${ownerId}/${name}`, id)
+    }
+    await batch.write()
+
+    async function everyPage(query: string, limit: number): Promise<string[]> {
+      const out: string[] = []
+      let offset: string | null = '0'
+      while (offset !== null) {
+        const path = `/api/v1/workspaces?${query}limit=${limit}&offset=${offset}`
+        const res = await t.call('GET', path, { token })
+        expect(res.status).toBe(200)
+        expect(res.json.length).toBeLessThanOrEqual(limit)
+        for (const w of res.json) out.push(`${w.owner}/${w.name}`)
+        offset = res.headers.get('x-next-offset')
+        if (offset !== null) expect(Number(offset)).toBe(out.length)
+      }
+      return out
+    }
+
+    const mine = await everyPage('', 2)
+    expect(mine).toEqual([...mine].sort())
+    expect(mine.filter((w) => w.startsWith('alice/paging-'))).toEqual([
+      'alice/paging-a',
+      'alice/paging-b',
+      'alice/paging-c',
+      'alice/paging-d',
+      'alice/paging-seed',
+    ])
+    expect(mine.some((w) => w.startsWith('pager/'))).toBe(false)
+    expect(await everyPage('', 1000)).toEqual(mine)
+
+    const all = await everyPage('all=true&', 3)
+    expect(all).toEqual([...mine, 'pager/pa', 'pager/pz'])
+    const past = await t.call('GET', `/api/v1/workspaces?all=true&offset=${all.length}`, { token })
+    expect(past.json).toEqual([])
+    expect(past.headers.get('x-next-offset')).toBeNull()
+  })
+
   it('should keep tokens in the store only as hashes', async () => {
     const agentToken = await probe.agentToken('dev')
     const needles = [token, agentToken].map((s) => Buffer.from(s))

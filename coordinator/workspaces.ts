@@ -21,7 +21,7 @@ import { isBuildActive, workspaceLock, type Builds } from './builds.ts'
 import { AGENT_CONNECTED_WINDOW } from './constants.ts'
 import type { KeyedLock } from './lock.ts'
 import type { AgentReportRecord, BuildRecord, UserRecord, WorkspaceRecord } from './records.ts'
-import type { Store } from './store.ts'
+import { takePage, type Page, type PageRange, type Store } from './store.ts'
 import type { Templates } from './templates.ts'
 import { quoteText } from './text.ts'
 
@@ -36,9 +36,10 @@ export interface WorkspacesComponents {
 
 export interface Workspaces {
   create(owner: UserRecord, request: CreateWorkspaceRequest): Promise<CreateWorkspaceResponse>
-  list(owner: UserRecord): Promise<Workspace[]>
-  /** Every user's workspaces, by id. */
-  listAll(): Promise<Workspace[]>
+  /** One page of the owner's workspaces, by name. */
+  list(owner: UserRecord, range: PageRange): Promise<Page<Workspace>>
+  /** One page of every user's workspaces, by owner's username, then name. */
+  listAll(range: PageRange): Promise<Page<Workspace>>
   get(owner: UserRecord, name: string): Promise<Workspace>
   /** The stored record; MESH_WORKSPACE_NOT_FOUND if the owner has no such workspace. */
   record(owner: UserRecord, name: string): Promise<WorkspaceRecord>
@@ -175,6 +176,26 @@ export function createWorkspaces(components: WorkspacesComponents): Workspaces {
     }
   }
 
+  /** The views of the given workspaces, in the given order; one deleted meanwhile is left out. */
+  async function views(wanted: { id: string; owner: UserRecord }[]): Promise<Workspace[]> {
+    const out = await Promise.all(
+      wanted.map(async ({ id, owner }) => {
+        const ws = await store.workspaces.get(id)
+        return ws === undefined ? undefined : view(ws, owner)
+      }),
+    )
+    return out.filter((item) => item !== undefined)
+  }
+
+  /** Every workspace id with its owner's id, by owner's username, then workspace name. */
+  async function* everyWorkspaceId(): AsyncGenerator<{ id: string; ownerId: string }> {
+    for await (const ownerId of store.usernames.values()) {
+      for await (const id of store.workspaceNames.values({ prefix: `${ownerId}/` })) {
+        yield { id, ownerId }
+      }
+    }
+  }
+
   async function record(owner: UserRecord, name: string): Promise<WorkspaceRecord> {
     assertName('workspace', name)
     const id = await store.workspaceNames.get(`${owner.id}/${name}`)
@@ -247,24 +268,22 @@ export function createWorkspaces(components: WorkspacesComponents): Workspaces {
       return { workspace: await view(ws, owner), build: stripOwner(build) }
     },
 
-    async list(owner) {
-      const out: Workspace[] = []
-      for await (const id of store.workspaceNames.values({ prefix: `${owner.id}/` })) {
-        const ws = await store.workspaces.get(id)
-        if (ws !== undefined) out.push(await view(ws, owner))
-      }
-      return out
+    async list(owner, range) {
+      const ids = store.workspaceNames.values({ prefix: `${owner.id}/` })
+      const page = await takePage(ids, range)
+      return { items: await views(page.items.map((id) => ({ id, owner }))), more: page.more }
     },
 
-    async listAll() {
+    async listAll(range) {
+      const page = await takePage(everyWorkspaceId(), range)
       const owners = new Map<string, UserRecord | undefined>()
-      const out: Workspace[] = []
-      for await (const ws of store.workspaces.values()) {
-        if (!owners.has(ws.ownerId)) owners.set(ws.ownerId, await store.users.get(ws.ownerId))
-        const owner = owners.get(ws.ownerId)
-        if (owner !== undefined) out.push(await view(ws, owner))
+      const wanted: { id: string; owner: UserRecord }[] = []
+      for (const { id, ownerId } of page.items) {
+        if (!owners.has(ownerId)) owners.set(ownerId, await store.users.get(ownerId))
+        const owner = owners.get(ownerId)
+        if (owner !== undefined) wanted.push({ id, owner })
       }
-      return out
+      return { items: await views(wanted), more: page.more }
     },
 
     async get(owner, name) {
