@@ -1,10 +1,12 @@
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import type { PeerId } from '@libp2p/interface'
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest'
 import { importTicketPublicKey, verifyTicket } from '../netstack/ticket.ts'
 import { AGENT_CONNECTED_WINDOW } from './constants.ts'
-import { createRelayGater, createRelayPolicy } from './relay.ts'
+import { createMeshNode, type MeshNode } from '../netstack/node.ts'
+import { createLogger } from '../sdk/logger.ts'
+import { createRelayGater, createRelayPolicy, relayUsage, startRelayNode } from './relay.ts'
 import {
   openProbe,
   testCoordinator,
@@ -250,6 +252,35 @@ describe('tickets for an agent that went silent', () => {
     } finally {
       await t.cleanup()
       await probe.cleanup()
+    }
+  })
+})
+
+describe('relay reservations', () => {
+  it("should drop an agent's reservation when its connection goes, not hours later", async () => {
+    const policy = createRelayPolicy()
+    const relay = await startRelayNode({
+      peerKey: await generateKeyPair('Ed25519'),
+      listen: ['/ip4/127.0.0.1/tcp/0'],
+      policy,
+      log: createLogger('relay-test', 'silent'),
+    })
+    const agentKey = await generateKeyPair('Ed25519')
+    policy.registerAgent('ws-1', peerIdFromPrivateKey(agentKey).toString())
+    let agent: MeshNode | undefined
+    try {
+      agent = await createMeshNode({
+        privateKey: agentKey,
+        listen: [`${relay.getMultiaddrs()[0]!.toString()}/p2p-circuit`],
+        webrtc: false,
+      })
+      expect(relayUsage(relay).reservations).toBe(1)
+
+      await agent.stop()
+      await vi.waitFor(() => expect(relayUsage(relay).reservations).toBe(0), { timeout: 5000 })
+    } finally {
+      await agent?.stop()
+      await relay.stop()
     }
   })
 })

@@ -193,6 +193,15 @@ export async function startRelayNode(init: RelayNodeInit): Promise<MeshNode> {
   })
   const policy = init.policy
   await gateDht(node, (peer) => policy.isAgent(peer) || policy.isClient(peer))
+
+  // js-libp2p's relay keeps a reservation for its whole TTL (two hours) after
+  // its peer has gone. An agent reserves again whenever it reconnects
+  // (agent/relays.ts), so a reservation without its connection only holds
+  // memory, one of MAX_RELAY_RESERVATIONS and a count in the reservations
+  // gauge: an agent that churned through peer ids could fill the relay.
+  node.addEventListener('peer:disconnect', (evt) => {
+    reservationsOf(node)?.delete(evt.detail)
+  })
   init.log.info({ peer_id: node.peerId.toString(), addrs: relayAddrs(node) }, 'relay listening')
   return node
 }
@@ -259,16 +268,26 @@ function listenAddrs(node: MeshNode): string[] {
 /** The circuit relay v2 stop protocol: one open stream per relayed connection. */
 const RELAY_STOP_PROTOCOL = '/libp2p/circuit/relay/0.2.0/stop'
 
+/** What we use of the relay server's public `reservations` map (a PeerMap). */
+interface Reservations {
+  readonly size: number
+  delete(peer: PeerId): void
+}
+
+/** The relay server's reservations, by peer; undefined on a node without the relay server. */
+function reservationsOf(node: MeshNode): Reservations | undefined {
+  return (node.services.relay as { reservations?: Reservations } | undefined)?.reservations
+}
+
 /** Reservations held and circuits open on the relay node, for metrics. */
 export function relayUsage(node: MeshNode): { reservations: number; circuits: number } {
-  const relay = node.services.relay as { reservations?: { size: number } } | undefined
   let circuits = 0
   for (const connection of node.getConnections()) {
     for (const stream of connection.streams) {
       if (stream.protocol === RELAY_STOP_PROTOCOL && stream.status === 'open') circuits++
     }
   }
-  return { reservations: relay?.reservations?.size ?? 0, circuits }
+  return { reservations: reservationsOf(node)?.size ?? 0, circuits }
 }
 
 /** The coordinator's STUN responder and the ICE server URLs it hands out. */
