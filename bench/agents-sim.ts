@@ -7,6 +7,8 @@
  * - registers over HTTP with its own agent token (`POST /agent/register`,
  *   sdk/api-client.ts), then keeps heartbeating at the period the
  *   coordinator answers;
+ * - reports its lifecycle, stats and listening ports every
+ *   REPORT_INTERVAL_MS (`POST /api/v1/agent/report`), as agent/lifecycle.ts does;
  * - holds a libp2p connection to the relay and a relay reservation on it
  *   (agent/relays.ts, the agent's own code).
  *
@@ -18,11 +20,13 @@
  */
 import { readFile } from 'node:fs/promises'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
+import { REPORT_INTERVAL_MS } from '../agent/lifecycle.ts'
 import { registerUntilDone } from '../agent/register.ts'
 import { RelayKeeper } from '../agent/relays.ts'
 import { newPeerKey } from '../netstack/keys.ts'
 import { createMeshNode, type MeshNode } from '../netstack/node.ts'
 import { ApiClient } from '../sdk/api-client.ts'
+import type { AgentReportRequest } from '../sdk/api-types.ts'
 import { createLogger } from '../sdk/logger.ts'
 
 /** Agents starting at once in this process. */
@@ -55,12 +59,41 @@ async function simulate(token: string): Promise<void> {
     if (Date.now() > deadline) throw new Error('no relay reservation in time')
     await new Promise((r) => setTimeout(r, 50))
   }
-  const period = answer.heartbeatSeconds * 1000
+  every(answer.heartbeatSeconds * 1000, () => api.registerAgent(body))
+  every(REPORT_INTERVAL_MS, () => api.reportAgent(report()))
+}
+
+/** Runs `send` every `period` ms, from a random point of the first period on. */
+function every(period: number, send: () => Promise<unknown>): void {
   // Spread over the period, as agents that started at different times are.
   const first = setTimeout(() => {
-    timers.push(setInterval(() => void api.registerAgent(body).catch(() => undefined), period))
+    timers.push(setInterval(() => void send().catch(() => undefined), period))
   }, Math.random() * period)
   timers.push(first)
+}
+
+/** A report the size of a real agent's: lifecycle, stats and a few listening ports. */
+function report(): AgentReportRequest {
+  const stats = {
+    time: new Date().toISOString(),
+    cpuPercent: 3.5,
+    cpuCores: 2,
+    memoryUsedBytes: 1_234_567_890,
+    memoryTotalBytes: 25_000_000_000,
+    diskUsedBytes: 98_765_432_100,
+    diskTotalBytes: 250_000_000_000,
+    sshSessions: 1,
+    connections: { direct: 1, relayed: 0 },
+    rxBytes: 123_456_789,
+    txBytes: 987_654_321,
+  }
+  const ports = [22, 3000, 8080].map((port) => ({
+    port,
+    network: 'tcp' as const,
+    address: '0.0.0.0',
+    process: 'node',
+  }))
+  return { lifecycle: 'ready', stats, ports }
 }
 
 let next = 0
