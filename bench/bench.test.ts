@@ -7,7 +7,7 @@
  * simulated agents of its own.
  */
 import { execa } from 'execa'
-import { mkdtemp, readFile, rm } from 'node:fs/promises'
+import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -62,8 +62,14 @@ describe('npm run bench -- --quick', () => {
   let dir: string
   let stdout: string
   let results: string
+  /** The bench's OpenSSH folders (private keys inside) in the temp folder before and after. */
+  const sshDirs = async (): Promise<string[]> =>
+    (await readdir(tmpdir())).filter((name) => name.startsWith('coder-mesh-bench-ssh-'))
+  let sshDirsBefore: string[]
+  let sshDirsAfter: string[]
 
   beforeAll(async () => {
+    sshDirsBefore = await sshDirs()
     dir = await mkdtemp(join(tmpdir(), 'coder-mesh-bench-'))
     const output = join(dir, 'RESULTS.md')
     const run = await execa('npm', ['run', 'bench', '--', '--quick', '--output', output], {
@@ -74,6 +80,7 @@ describe('npm run bench -- --quick', () => {
     stdout = String(run.stdout)
     if (run.exitCode !== 0) throw new Error(`bench failed (${run.exitCode}): ${run.stderr}`)
     results = await readFile(output, 'utf8')
+    sshDirsAfter = await sshDirs()
   }, 660_000)
 
   afterAll(async () => {
@@ -113,6 +120,10 @@ describe('npm run bench -- --quick', () => {
         met === 'yes' ? /^\d+\.\d\d× to spare$/ : /^short by \d+\.\d\d×$/,
       )
     }
+  })
+
+  it('should leave no throwaway keys behind', () => {
+    expect(sshDirsAfter.filter((name) => !sshDirsBefore.includes(name))).toEqual([])
   })
 
   it('should print the table and the targets', () => {

@@ -14,7 +14,7 @@
  */
 import { execa, type ResultPromise } from 'execa'
 import { existsSync } from 'node:fs'
-import { mkdir, mkdtemp, readFile, writeFile } from 'node:fs/promises'
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir, userInfo } from 'node:os'
 import { join } from 'node:path'
 import { freePort } from './traffic.ts'
@@ -45,6 +45,8 @@ function findSshd(): string | undefined {
  */
 export async function startOpenSsh(proxyCommand: string): Promise<OpenSsh> {
   const dir = await mkdtemp(join(tmpdir(), 'coder-mesh-bench-ssh-'))
+  // The folder holds private keys: stop() removes it, as does a failed start.
+  const removeDir = (): Promise<void> => rm(dir, { recursive: true, force: true })
   const userKey = join(dir, 'user_ed25519')
   const hostKey = join(dir, 'host_ed25519')
   for (const key of [userKey, hostKey]) {
@@ -90,7 +92,7 @@ export async function startOpenSsh(proxyCommand: string): Promise<OpenSsh> {
   }
 
   if (sshdPath === undefined) {
-    return { dir, config, ssh, stop: async () => undefined }
+    return { dir, config, ssh, stop: removeDir }
   }
 
   const sshdConfig = join(dir, 'sshd_config')
@@ -138,6 +140,7 @@ export async function startOpenSsh(proxyCommand: string): Promise<OpenSsh> {
     } catch (err) {
       if (Date.now() > deadline || child.exitCode !== null) {
         child.kill()
+        await removeDir()
         throw new Error(`sshd did not come up: ${(err as Error).message}`, { cause: err })
       }
       await new Promise((r) => setTimeout(r, 100))
@@ -151,6 +154,7 @@ export async function startOpenSsh(proxyCommand: string): Promise<OpenSsh> {
     async stop() {
       child.kill('SIGTERM')
       await child
+      await removeDir()
     },
   }
 }
