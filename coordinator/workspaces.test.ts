@@ -481,6 +481,11 @@ describe('workspaces and builds', () => {
     const past = await t.call('GET', `/api/v1/workspaces?all=true&offset=${all.length}`, { token })
     expect(past.json).toEqual([])
     expect(past.headers.get('x-next-offset')).toBeNull()
+
+    const both = await t.call('GET', '/api/v1/workspaces?all=true&owner=pager', { token })
+    expect(both.status).toBe(400)
+    expect(both.json.code).toBe('MESH_VALIDATION')
+    expect(both.json.message).toMatch(/owner= or all=true, not both/)
   })
 
   it('should keep tokens in the store only as hashes', async () => {

@@ -127,6 +127,9 @@ export const WorkspaceListQuery = ListQuery.extend({
   ...OwnerQuery.shape,
   /** `true`: every user's workspaces (needs workspace:read-any). */
   all: z.enum(['true', 'false']).optional(),
+}).refine((query) => !(query.all === 'true' && query.owner !== undefined), {
+  message: 'pass owner= or all=true, not both',
+  path: ['all'],
 })
 export type WorkspaceListQuery = z.infer<typeof WorkspaceListQuery>
 
