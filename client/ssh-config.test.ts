@@ -11,6 +11,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { newCliUser, runCli, type CliUser } from '../test/harness.ts'
+import { tryCommand } from './commands/config-ssh.ts'
 import {
   BLOCK_END,
   BLOCK_START,
@@ -216,4 +217,14 @@ describe('ProxyCommand quoting', () => {
       expect(args).toEqual(['--global-config', cfgDir, 'ssh', '--stdio', 'coder-mesh.dev'])
     })
   }
+})
+
+describe("config-ssh's hint", () => {
+  it('should name the file with -F unless it is the account’s own ~/.ssh/config', () => {
+    expect(tryCommand('/home/ann/.ssh/config', '/home/ann')).toBe('ssh')
+    expect(tryCommand('/home/ann/.ssh/../.ssh/config', '/home/ann')).toBe('ssh')
+    expect(tryCommand('/tmp/cfg/ssh_config', '/home/ann')).toBe('ssh -F /tmp/cfg/ssh_config')
+    // A HOME that is not the account's: OpenSSH still reads the account's.
+    expect(tryCommand('/tmp/home/.ssh/config', '/home/ann')).toBe('ssh -F /tmp/home/.ssh/config')
+  })
 })

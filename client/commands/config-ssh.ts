@@ -127,10 +127,12 @@ async function workspaceNames(): Promise<string[]> {
  * account's entry in the password database, never from $HOME: with HOME
  * pointing elsewhere, plain `ssh` would not see the file we just wrote.
  */
-function tryCommand(file: string): string {
-  const accountHome = userInfo().homedir
-  const ownConfig = resolve(accountHome, '.ssh', 'config')
-  if (file === ownConfig || resolve(homedir()) === resolve(accountHome)) return 'ssh'
+/**
+ * The ssh command that reads `file`: OpenSSH reads only the account's own
+ * ~/.ssh/config (from the password database, not $HOME) unless given -F.
+ */
+export function tryCommand(file: string, accountHome = userInfo().homedir): string {
+  if (resolve(file) === resolve(accountHome, '.ssh', 'config')) return 'ssh'
   return `ssh -F ${printable(file)}`
 }
 

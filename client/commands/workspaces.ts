@@ -82,7 +82,7 @@ export function registerWorkspaceCommands(program: Command): void {
       .command('list')
       .alias('ls')
       .description("list your workspaces (or another user's, or everyone's)")
-      .option('--owner <user>', "list this user's workspaces (owners only)")
+      .option('--owner <user>', "list this user's workspaces (another user's: owners only)")
       .option('-a, --all', "list every user's workspaces (owners only)")
       .addOption(outputOption())
       .action(async (flags: { output: OutputFormat; owner?: string; all?: boolean }) => {
