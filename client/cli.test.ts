@@ -198,6 +198,11 @@ describe('coder-mesh against a server', SLOW, () => {
 
   const cli = (args: string[], options?: { cwd?: string }) => runCli(server.env, args, options)
 
+  it('should run the server with two malloc arenas (bin/coder-mesh)', async () => {
+    const environ = await readFile(`/proc/${server.process.pid}/environ`, 'utf8')
+    expect(environ.split('\0')).toContain('MALLOC_ARENA_MAX=2')
+  })
+
   describe('without a terminal', () => {
     it('should need --first-user-email and --password to set up a new server without a terminal', async () => {
       const noEmail = await cli(['login', server.url, ...OWNER])
