@@ -107,6 +107,15 @@ export function workspaceLock(id: string): string {
   return `workspace:${id}`
 }
 
+/**
+ * The lock on a user's set of workspaces: a workspace is created, and a user
+ * deleted, under it, so a user cannot be deleted while a workspace of theirs
+ * is being created (it would be left running with no owner to reach it).
+ */
+export function ownerLock(userId: string): string {
+  return `workspaces-of:${userId}`
+}
+
 export function isBuildActive(status: BuildStatus): boolean {
   return status === 'queued' || status === 'running'
 }

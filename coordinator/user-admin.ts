@@ -23,6 +23,7 @@ import type { UserRecord } from './records.ts'
 import { hashPassword, verifyPassword } from './secrets.ts'
 import type { Store } from './store.ts'
 import type { ApiTokens } from './tokens.ts'
+import { ownerLock } from './builds.ts'
 import { assertUsername, insertUser, USERS_LOCK, type Users } from './users.ts'
 
 export interface UserAdminComponents {
@@ -89,6 +90,29 @@ export function createUserAdmin(components: UserAdminComponents): UserAdmin {
     if (target.roles.includes('owner') && !actor.roles.includes('owner')) {
       throw forbidden('Only an owner can change a user who is an owner.')
     }
+  }
+
+  /** Deletes `target` and what only it used; call under USERS_LOCK and its ownerLock. */
+  async function deleteLocked(target: UserRecord, username: string): Promise<UserRecord> {
+    const owned = store.workspaceNames.entries({ prefix: `${target.id}/`, limit: 1 })
+    if ((await owned.next()).done !== true) {
+      await owned.return(undefined)
+      throw new MeshError(
+        'MESH_USER_HAS_WORKSPACES',
+        `User ${username} still has workspaces: delete them first.`,
+      )
+    }
+
+    const batch = store
+      .batch()
+      .del(store.users, target.id)
+      .del(store.usernames, target.username)
+      .del(store.emails, target.email)
+    await users.endSessions(target.id, batch)
+    await tokens.deleteAllOf(target.id, batch)
+    await batch.write({ sync: true })
+    log.info({ user_id: target.id, username }, 'user deleted')
+    return target
   }
 
   /** MESH_LAST_OWNER when `target` is the only active owner. Call under USERS_LOCK. */
@@ -184,25 +208,8 @@ export function createUserAdmin(components: UserAdminComponents): UserAdmin {
         const target = await find(username)
         assertMayChange(actor, target)
         await assertNotLastOwnerLocked(target)
-        const owned = store.workspaceNames.entries({ prefix: `${target.id}/`, limit: 1 })
-        if ((await owned.next()).done !== true) {
-          await owned.return(undefined)
-          throw new MeshError(
-            'MESH_USER_HAS_WORKSPACES',
-            `User ${username} still has workspaces: delete them first.`,
-          )
-        }
-
-        const batch = store
-          .batch()
-          .del(store.users, target.id)
-          .del(store.usernames, target.username)
-          .del(store.emails, target.email)
-        await users.endSessions(target.id, batch)
-        await tokens.deleteAllOf(target.id, batch)
-        await batch.write({ sync: true })
-        log.info({ user_id: target.id, username }, 'user deleted')
-        return target
+        // A workspace being created now is either seen here or refused there.
+        return locks.run(ownerLock(target.id), () => deleteLocked(target, username))
       })
       await components.revokeTickets(target.id)
     },

@@ -488,6 +488,24 @@ describe('workspaces and builds', () => {
     expect(both.json.message).toMatch(/owner= or all=true, not both/)
   })
 
+  it('should never both create a workspace and delete its owner', async () => {
+    // A workspace created while its owner is deleted would run with no owner
+    // to reach it: one of the two must be refused, whichever order they run in.
+    for (let i = 0; i < 12; i++) {
+      const member = await t.user(token, `racer${i}`)
+      const [created, deleted] = await Promise.all([
+        t.call('POST', '/api/v1/workspaces', {
+          token: member,
+          body: { name: 'r', template: 'fails-init' },
+        }),
+        t.call('DELETE', `/api/v1/users/racer${i}`, { token }),
+      ])
+      expect([created.status, deleted.status]).not.toEqual([201, 204])
+      if (created.status === 201) expect(deleted.json.code).toBe('MESH_USER_HAS_WORKSPACES')
+      if (deleted.status === 204) expect([401, 404]).toContain(created.status)
+    }
+  })
+
   it('should keep tokens in the store only as hashes', async () => {
     const agentToken = await probe.agentToken('dev')
     const needles = [token, agentToken].map((s) => Buffer.from(s))

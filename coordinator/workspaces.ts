@@ -17,7 +17,7 @@ import { MeshError, type Validation } from '../sdk/errors.ts'
 import type { Logger } from '../sdk/logger.ts'
 import { assertName } from '../sdk/names.ts'
 import { stripOwner } from './build-logs.ts'
-import { isBuildActive, workspaceLock, type Builds } from './builds.ts'
+import { isBuildActive, ownerLock, workspaceLock, type Builds } from './builds.ts'
 import { AGENT_CONNECTED_WINDOW } from './constants.ts'
 import type { KeyedLock } from './lock.ts'
 import type { AgentReportRecord, BuildRecord, UserRecord, WorkspaceRecord } from './records.ts'
@@ -226,7 +226,14 @@ export function createWorkspaces(components: WorkspacesComponents): Workspaces {
       checkParameters(parameters)
 
       const nameKey = `${owner.id}/${request.name}`
-      const { ws, build } = await locks.run(`workspace-name:${nameKey}`, async () => {
+      const { ws, build } = await locks.run(ownerLock(owner.id), async () => {
+        // Deleted since the request was authenticated (user-admin.ts holds this lock too).
+        if ((await store.users.get(owner.id)) === undefined) {
+          throw new MeshError(
+            'MESH_USER_NOT_FOUND',
+            `User ${JSON.stringify(owner.username)} was deleted.`,
+          )
+        }
         if ((await store.workspaceNames.get(nameKey)) !== undefined) {
           throw new MeshError(
             'MESH_WORKSPACE_EXISTS',
