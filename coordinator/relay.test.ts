@@ -1,6 +1,7 @@
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import type { PeerId } from '@libp2p/interface'
+import { multiaddr } from '@multiformats/multiaddr'
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest'
 import { importTicketPublicKey, verifyTicket } from '../netstack/ticket.ts'
 import { AGENT_CONNECTED_WINDOW } from './constants.ts'
@@ -257,6 +258,52 @@ describe('tickets for an agent that went silent', () => {
 })
 
 describe('relay reservations', () => {
+  it('should relay through the newest connection of a peer that reconnected', async () => {
+    // Two nodes with one key stand for one agent: the first connection stops
+    // answering (as one a NAT dropped silently), the agent connects again and
+    // reserves, and the relay still holds the first, until a ping fails on it.
+    const policy = createRelayPolicy()
+    const relay = await startRelayNode({
+      peerKey: await generateKeyPair('Ed25519'),
+      listen: ['/ip4/127.0.0.1/tcp/0'],
+      policy,
+      log: createLogger('relay-test', 'silent'),
+    })
+    const relayAddr = relay.getMultiaddrs()[0]!.toString()
+    const agentKey = await generateKeyPair('Ed25519')
+    const agentPeer = peerIdFromPrivateKey(agentKey).toString()
+    policy.registerAgent('ws-1', agentPeer)
+    const nodes: MeshNode[] = [relay]
+    try {
+      const agent = async (): Promise<MeshNode> => {
+        const node = await createMeshNode({
+          privateKey: agentKey,
+          listen: [`${relayAddr}/p2p-circuit`],
+          webrtc: false,
+        })
+        nodes.push(node)
+        return node
+      }
+      const lost = await agent()
+      await lost.unhandle('/libp2p/circuit/relay/0.2.0/stop')
+      await agent()
+      expect(relay.getConnections(peerIdFromPrivateKey(agentKey))).toHaveLength(2)
+
+      const client = await createMeshNode({
+        privateKey: await generateKeyPair('Ed25519'),
+        listen: [],
+        webrtc: false,
+      })
+      nodes.push(client)
+      policy.grant(client.peerId.toString(), agentPeer, Date.now() + 60_000)
+      const circuit = multiaddr(`${relayAddr}/p2p-circuit/p2p/${agentPeer}`)
+      const connection = await client.dial(circuit, { signal: AbortSignal.timeout(10_000) })
+      expect(connection.remoteAddr.toString()).toContain('/p2p-circuit')
+    } finally {
+      await Promise.all(nodes.map((node) => node.stop()))
+    }
+  })
+
   it("should drop an agent's reservation when its connection goes, not hours later", async () => {
     const policy = createRelayPolicy()
     const relay = await startRelayNode({
