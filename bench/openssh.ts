@@ -17,7 +17,7 @@ import { existsSync } from 'node:fs'
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir, userInfo } from 'node:os'
 import { join } from 'node:path'
-import { freePort } from './traffic.ts'
+import { freePort } from '../test/harness.ts'
 
 export const SSHD_HOST = 'bench-sshd'
 export const INSTALL_HINT = 'sshd not found: install it with `apt-get install openssh-server`'

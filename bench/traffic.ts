@@ -217,14 +217,6 @@ export async function waitForPort(port: number, timeoutMs = 15_000): Promise<voi
   }
 }
 
-/** A TCP port free right now on 127.0.0.1 (for tools that need a number up front). */
-export async function freePort(): Promise<number> {
-  const server = createServer()
-  const port = await listen(server)
-  server.close()
-  return port
-}
-
 if (process.argv[2] === 'serve' && process.argv[1] === fileURLToPath(import.meta.url)) {
   await serve()
 }

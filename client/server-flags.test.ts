@@ -1,14 +1,22 @@
 /**
- * `coder-mesh server` flags: --access-url and --stun-address are checked
+ * `coder-mesh server` flags: --access-url and the listening addresses
+ * (--stun-address, --relay-address, --relay-ws-address) are checked
  * before anything starts (no listening socket, no data folder, no log
  * line), and refused in one line naming the flag with an example. A
  * password in the access URL is never echoed.
  */
-import { access } from 'node:fs/promises'
+import { access, mkdtemp } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { parseAccessUrl, parseStunAddress } from '../coordinator/server.ts'
-import { newCliUser, removeTree, runCli, type CliUser } from '../test/harness.ts'
+import {
+  parseAccessUrl,
+  parseStunAddress,
+  relayListen,
+  startServer,
+} from '../coordinator/server.ts'
+import { createLogger } from '../sdk/logger.ts'
+import { freePort, newCliUser, removeTree, runCli, type CliUser } from '../test/harness.ts'
 
 describe('server flag checks', () => {
   it.each([
@@ -52,6 +60,42 @@ describe('server flag checks', () => {
       expect(() => parseStunAddress(bad)).toThrow(/^Invalid --stun-address .*e\.g\./)
     }
   })
+
+  it('should take relay addresses as IPV4:PORT, the WebSockets one also off', () => {
+    expect(relayListen()).toEqual(['/ip4/0.0.0.0/tcp/0', '/ip4/0.0.0.0/tcp/0/ws'])
+    expect(relayListen('127.0.0.1:7081', '127.0.0.1:7082')).toEqual([
+      '/ip4/127.0.0.1/tcp/7081',
+      '/ip4/127.0.0.1/tcp/7082/ws',
+    ])
+    expect(relayListen(':7081', false)).toEqual(['/ip4/0.0.0.0/tcp/7081'])
+    for (const bad of ['x', '7081', '1.2.3.4:70000', '[::1]:7081', 'h.example:7081']) {
+      expect(() => relayListen(bad)).toThrow(/^Invalid --relay-address .*e\.g\. --relay-address/)
+      expect(() => relayListen(':0', bad)).toThrow(/^Invalid --relay-ws-address .*or off\.$/)
+    }
+  })
+})
+
+describe('coder-mesh server with a pinned relay', () => {
+  it('should listen and hand out the relay on the given port only', async () => {
+    const dataDir = await mkdtemp(join(tmpdir(), 'coder-mesh-relay-flag-'))
+    const port = await freePort()
+
+    const server = await startServer({
+      address: '127.0.0.1:0',
+      dataDir,
+      relayAddress: `127.0.0.1:${port}`,
+      relayWsAddress: false,
+      stunAddress: false,
+      log: createLogger('relay-flag-test', 'silent'),
+    })
+    try {
+      expect(server.relayAddrs).toHaveLength(1)
+      expect(server.relayAddrs[0]).toMatch(new RegExp(`^/ip4/127\\.0\\.0\\.1/tcp/${port}/p2p/`))
+    } finally {
+      await server.close()
+      await removeTree(dataDir)
+    }
+  })
 })
 
 describe('coder-mesh server with bad flags', () => {
@@ -73,6 +117,8 @@ describe('coder-mesh server with bad flags', () => {
       [['--access-url', 'http://user:s3cretpw@127.0.0.1:1/'], /user name or password/],
       [['--stun-address', '1.2.3.4:99999'], /Invalid --stun-address "1\.2\.3\.4:99999"/],
       [['--stun-address', 'nonsense'], /e\.g\. --stun-address 0\.0\.0\.0:3478, or off/],
+      [['--relay-address', 'any:7081'], /Invalid --relay-address "any:7081"/],
+      [['--relay-ws-address', '1.2.3.4'], /e\.g\. --relay-ws-address 0\.0\.0\.0:7082, or off/],
     ]
     const runs = await Promise.all(
       cases.map(async ([flags], i) => {

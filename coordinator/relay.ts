@@ -302,14 +302,25 @@ export interface CoordinatorStun {
  * any free one; MESH_BAD_ARGUMENT otherwise.
  */
 export function stunHostPort(address: string): { host: string; port: number } {
+  return ipv4HostPort('--stun-address', address, '0.0.0.0:3478, or off')
+}
+
+/**
+ * `IPV4:PORT` of a listening flag (host empty for 0.0.0.0; port 0 picks
+ * one); MESH_BAD_ARGUMENT naming the flag and an `example` otherwise.
+ */
+export function ipv4HostPort(
+  flag: string,
+  address: string,
+  example: string,
+): { host: string; port: number } {
   const match = /^([0-9.]*):(\d{1,5})$/.exec(address)
   const host = match?.[1] || '0.0.0.0'
   const port = Number(match?.[2])
   if (match === null || port > 65535 || !isIPv4(host)) {
     throw new MeshError(
       'MESH_BAD_ARGUMENT',
-      `Invalid --stun-address ${JSON.stringify(address)}: ` +
-        'use IPV4:PORT, e.g. --stun-address 0.0.0.0:3478, or off.',
+      `Invalid ${flag} ${JSON.stringify(address)}: use IPV4:PORT, e.g. ${flag} ${example}.`,
     )
   }
   return { host, port }

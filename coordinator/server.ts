@@ -13,7 +13,7 @@ import type { ProvisionFn } from './builds.ts'
 import { DEFAULT_ADDRESS } from './constants.ts'
 import { openCoordinator, type Coordinator } from './coordinator.ts'
 import type { AppEnv } from './http.ts'
-import { stunHostPort } from './relay.ts'
+import { ipv4HostPort, stunHostPort } from './relay.ts'
 
 export interface ServerInit {
   /** host:port to listen on; port 0 picks a free one. */
@@ -21,8 +21,12 @@ export interface ServerInit {
   dataDir: string
   /** The URL users and agents reach the server at; default http://<address>. */
   accessUrl?: string
-  /** libp2p listen addresses of the relay; default ['/ip4/0.0.0.0/tcp/0']. */
+  /** libp2p listen addresses of the relay; default from relayAddress and relayWsAddress. */
   p2pListen?: string[]
+  /** TCP `IPV4:PORT` of the relay; default 0.0.0.0, a free port. */
+  relayAddress?: string
+  /** TCP `IPV4:PORT` of the relay's WebSockets listener, or false for none; default a free port. */
+  relayWsAddress?: string | false
   /** UDP `IPV4:PORT` of the STUN responder, or false for none; default 0.0.0.0, a free port. */
   stunAddress?: string | false
   log?: Logger
@@ -99,6 +103,22 @@ export function parseStunAddress(raw: string | false): string | false {
   return raw
 }
 
+/**
+ * The relay's libp2p listen addresses from `--relay-address` and
+ * `--relay-ws-address` (each `IPV4:PORT`, the second also false for none);
+ * MESH_BAD_ARGUMENT for a malformed one.
+ */
+export function relayListen(tcp = ':0', ws: string | false = ':0'): string[] {
+  const example = '0.0.0.0:7081'
+  const relay = ipv4HostPort('--relay-address', tcp, example)
+  const listen = [`/ip4/${relay.host}/tcp/${relay.port}`]
+  if (ws !== false) {
+    const web = ipv4HostPort('--relay-ws-address', ws, '0.0.0.0:7082, or off')
+    listen.push(`/ip4/${web.host}/tcp/${web.port}/ws`)
+  }
+  return listen
+}
+
 function urlFor(host: string, port: number): string {
   const reachable = host === '0.0.0.0' ? '127.0.0.1' : host === '::' ? '::1' : host
   return `http://${reachable.includes(':') ? `[${reachable}]` : reachable}:${port}`
@@ -119,6 +139,7 @@ export async function startServer(init: ServerInit): Promise<RunningServer> {
   const accessUrl = init.accessUrl === undefined ? undefined : parseAccessUrl(init.accessUrl)
   const stunAddress =
     init.stunAddress === undefined ? undefined : parseStunAddress(init.stunAddress)
+  const p2pListen = init.p2pListen ?? relayListen(init.relayAddress, init.relayWsAddress)
   const log = init.log ?? createLogger('mesh:coordinator')
 
   // Listen first: the access URL (a build variable) may need the real port.
@@ -154,7 +175,7 @@ export async function startServer(init: ServerInit): Promise<RunningServer> {
     coordinator = await openCoordinator({
       dataDir: init.dataDir,
       accessUrl: url,
-      p2pListen: init.p2pListen,
+      p2pListen,
       stunAddress,
       log,
       provision: init.provision,
@@ -193,6 +214,8 @@ export async function runServerCommand(opts: {
   dataDir?: string
   accessUrl?: string
   stunAddress?: string | false
+  relayAddress?: string
+  relayWsAddress?: string | false
 }): Promise<void> {
   const log = createLogger('mesh:coordinator')
   const server = await startServer({
@@ -200,6 +223,8 @@ export async function runServerCommand(opts: {
     dataDir: opts.dataDir ?? defaultDataDir(),
     accessUrl: opts.accessUrl,
     stunAddress: opts.stunAddress,
+    relayAddress: opts.relayAddress,
+    relayWsAddress: opts.relayWsAddress,
     log,
   })
   process.stdout.write(`coder-mesh server listening on ${server.url}\n`)

@@ -6,6 +6,7 @@
 import pty, { type IPty } from '@lydell/node-pty'
 import { execa, type ResultPromise } from 'execa'
 import { mkdir, mkdtemp, readdir, readFile, readlink, rm, writeFile } from 'node:fs/promises'
+import { createServer, type AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -419,4 +420,16 @@ export async function startWorkspaceFixture(name: string): Promise<WorkspaceFixt
 /** The folder the shipped `local` template keeps a workspace (and its agent.pid) in. */
 export function localWorkspaceDir(server: TestServer, workspaceId: string): string {
   return join(server.dataDir, 'workspaces', workspaceId)
+}
+
+/** A TCP port free right now on 127.0.0.1 (for tools that need a number up front). */
+export async function freePort(): Promise<number> {
+  const server = createServer().listen(0, '127.0.0.1')
+  await new Promise<void>((resolve, reject) => {
+    server.once('listening', resolve)
+    server.once('error', reject)
+  })
+  const { port } = server.address() as AddressInfo
+  await new Promise((resolve) => server.close(resolve))
+  return port
 }

@@ -14,6 +14,8 @@ interface ServerFlags {
   dataDir?: string
   accessUrl?: string
   stunAddress?: string
+  relayAddress?: string
+  relayWsAddress?: string
 }
 
 export function registerServerCommands(program: Command): void {
@@ -27,6 +29,14 @@ export function registerServerCommands(program: Command): void {
       .option(
         '--stun-address <ipv4:port|off>',
         'UDP address of the STUN responder for WebRTC hole punching (default 0.0.0.0, a free port)',
+      )
+      .option(
+        '--relay-address <ipv4:port>',
+        'TCP address of the relay agents and clients fall back to (default 0.0.0.0, a free port)',
+      )
+      .option(
+        '--relay-ws-address <ipv4:port|off>',
+        "TCP address of the relay's WebSockets listener (default 0.0.0.0, a free port)",
       )
       .action(async (flags: ServerFlags) => {
         await checkDataDir(
@@ -44,9 +54,12 @@ export function registerServerCommands(program: Command): void {
           dataDir: flags.dataDir,
           accessUrl: flags.accessUrl,
           stunAddress: flags.stunAddress === 'off' ? false : flags.stunAddress,
+          relayAddress: flags.relayAddress,
+          relayWsAddress: flags.relayWsAddress === 'off' ? false : flags.relayWsAddress,
         })
       }),
-    'coder-mesh server --address 0.0.0.0:7080 --access-url http://dev.example.com:7080',
+    'coder-mesh server --address 0.0.0.0:7080 --access-url http://dev.example.com:7080 \\\n' +
+      '    --relay-address 0.0.0.0:7081 --relay-ws-address off --stun-address 0.0.0.0:3478',
   )
 
   examples(
