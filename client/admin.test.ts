@@ -130,6 +130,16 @@ describe('coder-mesh users, tokens and audit', () => {
     expect(password.stdout).toBe('Password changed\n')
   })
 
+  it("should say whose list is empty, and hint at create only on one's own", async () => {
+    const theirs = await cli(['list', '--owner', 'carol'])
+    expect(theirs.exitCode).toBe(0)
+    expect(theirs.stdout + theirs.stderr).toMatch(/^carol has no workspaces\.\n$/)
+    const carol = (await new ApiClient({ url: server.url }).login('carol', 'carol new password'))
+      .sessionToken
+    const own = await cli(['list'], carol)
+    expect(own.stdout + own.stderr).toMatch(/create one with 'coder-mesh create NAME/)
+  })
+
   it('should print a new token alone on stdout, list it, and stop it working once deleted', async () => {
     const created = await cli(['tokens', 'create', 'ci', '--lifetime', '2d'])
     expect(created.exitCode).toBe(0)

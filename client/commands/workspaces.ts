@@ -109,7 +109,12 @@ export function registerWorkspaceCommands(program: Command): void {
             agentState(w),
             describeBuild(w.latestBuild),
           ],
-          empty: "No workspaces yet: create one with 'coder-mesh create NAME --template T'.",
+          empty:
+            flags.all === true
+              ? 'No one has a workspace yet.'
+              : flags.owner !== undefined
+                ? `${flags.owner} has no workspaces.`
+                : "No workspaces yet: create one with 'coder-mesh create NAME --template T'.",
         })
       }),
     'coder-mesh list',
