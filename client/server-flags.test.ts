@@ -6,6 +6,8 @@
  * password in the access URL is never echoed.
  */
 import { access, mkdtemp } from 'node:fs/promises'
+import { once } from 'node:events'
+import { createServer, type AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -110,6 +112,10 @@ describe('coder-mesh server with bad flags', () => {
   })
 
   it('should refuse them in one line before anything starts', { timeout: 120_000 }, async () => {
+    const held = createServer().listen(0, '127.0.0.1')
+    await once(held, 'listening')
+    const heldPort = (held.address() as AddressInfo).port
+    const port = await freePort()
     const cases: [string[], RegExp][] = [
       [['--access-url', 'notaurl'], /Invalid --access-url "notaurl"/],
       [['--access-url', 'ftp://x'], /use http or https, not ftp/],
@@ -119,6 +125,18 @@ describe('coder-mesh server with bad flags', () => {
       [['--stun-address', 'nonsense'], /e\.g\. --stun-address 0\.0\.0\.0:3478, or off/],
       [['--relay-address', 'any:7081'], /Invalid --relay-address "any:7081"/],
       [['--relay-ws-address', '1.2.3.4'], /e\.g\. --relay-ws-address 0\.0\.0\.0:7082, or off/],
+      [
+        ['--relay-address', `127.0.0.1:${port}`, '--relay-ws-address', `:${port}`],
+        new RegExp(`--relay-address and --relay-ws-address both ask for port ${port}`),
+      ],
+      [
+        ['--address', `127.0.0.1:${port}`, '--relay-address', `127.0.0.1:${port}`],
+        new RegExp(`--address and --relay-address both ask for port ${port}`),
+      ],
+      [
+        ['--relay-ws-address', `127.0.0.1:${heldPort}`],
+        new RegExp(`Cannot listen on --relay-ws-address 127\\.0\\.0\\.1:${heldPort}: .*EADDRINUSE`),
+      ],
     ]
     const runs = await Promise.all(
       cases.map(async ([flags], i) => {
@@ -138,5 +156,6 @@ describe('coder-mesh server with bad flags', () => {
       // The store was never opened.
       await expect(access(dataDir)).rejects.toThrow(/ENOENT/)
     }
+    held.close()
   })
 })

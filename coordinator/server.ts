@@ -4,7 +4,7 @@
  */
 import { createAdaptorServer } from '@hono/node-server'
 import type { Server } from 'node:http'
-import type { AddressInfo } from 'node:net'
+import { createServer, type AddressInfo } from 'node:net'
 import { defaultDataDir } from '../sdk/config.ts'
 import { MeshError } from '../sdk/errors.ts'
 import { createLogger, type Logger } from '../sdk/logger.ts'
@@ -103,20 +103,76 @@ export function parseStunAddress(raw: string | false): string | false {
   return raw
 }
 
+/** A TCP listener the server opens, and the flag that set it. */
+interface Listener {
+  flag: string
+  host: string
+  port: number
+}
+
 /**
- * The relay's libp2p listen addresses from `--relay-address` and
- * `--relay-ws-address` (each `IPV4:PORT`, the second also false for none);
- * MESH_BAD_ARGUMENT for a malformed one.
+ * The relay's listeners from `--relay-address` and `--relay-ws-address`
+ * (each `IPV4:PORT`, port 0 for a free one; the second also false for
+ * none); MESH_BAD_ARGUMENT for a malformed one.
  */
-export function relayListen(tcp = ':0', ws: string | false = ':0'): string[] {
-  const example = '0.0.0.0:7081'
-  const relay = ipv4HostPort('--relay-address', tcp, example)
-  const listen = [`/ip4/${relay.host}/tcp/${relay.port}`]
+function relayListeners(tcp = ':0', ws: string | false = ':0'): Listener[] {
+  const flag = '--relay-address'
+  const listeners = [{ flag, ...ipv4HostPort(flag, tcp, '0.0.0.0:7081') }]
   if (ws !== false) {
-    const web = ipv4HostPort('--relay-ws-address', ws, '0.0.0.0:7082, or off')
-    listen.push(`/ip4/${web.host}/tcp/${web.port}/ws`)
+    const wsFlag = '--relay-ws-address'
+    listeners.push({ flag: wsFlag, ...ipv4HostPort(wsFlag, ws, '0.0.0.0:7082, or off') })
   }
-  return listen
+  return listeners
+}
+
+function relayMultiaddr({ flag, host, port }: Listener): string {
+  return `/ip4/${host}/tcp/${port}${flag === '--relay-ws-address' ? '/ws' : ''}`
+}
+
+/** The relay's libp2p listen addresses (see relayListeners). */
+export function relayListen(tcp?: string, ws?: string | false): string[] {
+  return relayListeners(tcp, ws).map(relayMultiaddr)
+}
+
+/**
+ * MESH_BAD_ARGUMENT, naming both flags, when two listeners ask for the same
+ * port (0, a free one, never clashes); the kernel would refuse the second
+ * only after the store was opened.
+ */
+function assertDistinctPorts(listeners: Listener[]): void {
+  for (const [i, a] of listeners.entries()) {
+    const b = listeners.slice(i + 1).find((other) => other.port === a.port && a.port !== 0)
+    if (b !== undefined) {
+      throw new MeshError(
+        'MESH_BAD_ARGUMENT',
+        `${a.flag} and ${b.flag} both ask for port ${a.port}: give each its own port.`,
+      )
+    }
+  }
+}
+
+/**
+ * MESH_BAD_ARGUMENT, naming the flag, when another process holds a fixed
+ * port: found before anything is opened, instead of by libp2p once the
+ * store and the HTTP listener are up.
+ */
+async function assertCanListen({ flag, host, port }: Listener): Promise<void> {
+  if (port === 0) return
+  const probe = createServer()
+  try {
+    await new Promise<void>((resolve, reject) => {
+      probe.once('error', reject)
+      probe.listen(port, host, resolve)
+    })
+  } catch (err) {
+    throw new MeshError(
+      'MESH_BAD_ARGUMENT',
+      `Cannot listen on ${flag} ${host}:${port}: ${(err as Error).message}; ` + 'pick a free port.',
+      { cause: err },
+    )
+  } finally {
+    await new Promise((resolve) => probe.close(resolve))
+  }
 }
 
 function urlFor(host: string, port: number): string {
@@ -139,7 +195,10 @@ export async function startServer(init: ServerInit): Promise<RunningServer> {
   const accessUrl = init.accessUrl === undefined ? undefined : parseAccessUrl(init.accessUrl)
   const stunAddress =
     init.stunAddress === undefined ? undefined : parseStunAddress(init.stunAddress)
-  const p2pListen = init.p2pListen ?? relayListen(init.relayAddress, init.relayWsAddress)
+  const relay = relayListeners(init.relayAddress, init.relayWsAddress)
+  assertDistinctPorts([{ flag: '--address', host, port }, ...relay])
+  const p2pListen = init.p2pListen ?? relay.map(relayMultiaddr)
+  if (init.p2pListen === undefined) for (const listener of relay) await assertCanListen(listener)
   const log = init.log ?? createLogger('mesh:coordinator')
 
   // Listen first: the access URL (a build variable) may need the real port.
