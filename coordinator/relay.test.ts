@@ -1,13 +1,19 @@
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
-import type { PeerId } from '@libp2p/interface'
+import type { PeerId, PrivateKey } from '@libp2p/interface'
 import { multiaddr } from '@multiformats/multiaddr'
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest'
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest'
 import { importTicketPublicKey, verifyTicket } from '../netstack/ticket.ts'
 import { AGENT_CONNECTED_WINDOW } from './constants.ts'
 import { createMeshNode, type MeshNode } from '../netstack/node.ts'
 import { createLogger } from '../sdk/logger.ts'
-import { createRelayGater, createRelayPolicy, relayUsage, startRelayNode } from './relay.ts'
+import {
+  createRelayGater,
+  createRelayPolicy,
+  relayUsage,
+  startRelayNode,
+  type RelayPolicy,
+} from './relay.ts'
 import {
   openProbe,
   testCoordinator,
@@ -258,76 +264,69 @@ describe('tickets for an agent that went silent', () => {
 })
 
 describe('relay reservations', () => {
+  // A relay on loopback and one agent key it accepts; every node a test
+  // starts is stopped after it.
+  let policy: RelayPolicy
+  let relay: MeshNode
+  let agentKey: PrivateKey
+  let nodes: MeshNode[]
+
+  beforeEach(async () => {
+    policy = createRelayPolicy()
+    relay = await startRelayNode({
+      peerKey: await generateKeyPair('Ed25519'),
+      listen: ['/ip4/127.0.0.1/tcp/0'],
+      policy,
+      log: createLogger('relay-test', 'silent'),
+    })
+    agentKey = await generateKeyPair('Ed25519')
+    policy.registerAgent('ws-1', peerIdFromPrivateKey(agentKey).toString())
+    nodes = [relay]
+  })
+
+  afterEach(async () => {
+    await Promise.all(nodes.map((node) => node.stop()))
+  })
+
+  /** A node with the agent's key, holding a reservation on the relay. */
+  async function agent(): Promise<MeshNode> {
+    const node = await createMeshNode({
+      privateKey: agentKey,
+      listen: [`${relay.getMultiaddrs()[0]!.toString()}/p2p-circuit`],
+      webrtc: false,
+    })
+    nodes.push(node)
+    return node
+  }
+
   it('should relay through the newest connection of a peer that reconnected', async () => {
     // Two nodes with one key stand for one agent: the first connection stops
     // answering (as one a NAT dropped silently), the agent connects again and
     // reserves, and the relay still holds the first, until a ping fails on it.
-    const policy = createRelayPolicy()
-    const relay = await startRelayNode({
-      peerKey: await generateKeyPair('Ed25519'),
-      listen: ['/ip4/127.0.0.1/tcp/0'],
-      policy,
-      log: createLogger('relay-test', 'silent'),
-    })
-    const relayAddr = relay.getMultiaddrs()[0]!.toString()
-    const agentKey = await generateKeyPair('Ed25519')
-    const agentPeer = peerIdFromPrivateKey(agentKey).toString()
-    policy.registerAgent('ws-1', agentPeer)
-    const nodes: MeshNode[] = [relay]
-    try {
-      const agent = async (): Promise<MeshNode> => {
-        const node = await createMeshNode({
-          privateKey: agentKey,
-          listen: [`${relayAddr}/p2p-circuit`],
-          webrtc: false,
-        })
-        nodes.push(node)
-        return node
-      }
-      const lost = await agent()
-      await lost.unhandle('/libp2p/circuit/relay/0.2.0/stop')
-      await agent()
-      expect(relay.getConnections(peerIdFromPrivateKey(agentKey))).toHaveLength(2)
+    const lost = await agent()
+    await lost.unhandle('/libp2p/circuit/relay/0.2.0/stop')
+    await agent()
+    expect(relay.getConnections(peerIdFromPrivateKey(agentKey))).toHaveLength(2)
 
-      const client = await createMeshNode({
-        privateKey: await generateKeyPair('Ed25519'),
-        listen: [],
-        webrtc: false,
-      })
-      nodes.push(client)
-      policy.grant(client.peerId.toString(), agentPeer, Date.now() + 60_000)
-      const circuit = multiaddr(`${relayAddr}/p2p-circuit/p2p/${agentPeer}`)
-      const connection = await client.dial(circuit, { signal: AbortSignal.timeout(10_000) })
-      expect(connection.remoteAddr.toString()).toContain('/p2p-circuit')
-    } finally {
-      await Promise.all(nodes.map((node) => node.stop()))
-    }
+    const client = await createMeshNode({
+      privateKey: await generateKeyPair('Ed25519'),
+      listen: [],
+      webrtc: false,
+    })
+    nodes.push(client)
+    const agentPeer = peerIdFromPrivateKey(agentKey).toString()
+    policy.grant(client.peerId.toString(), agentPeer, Date.now() + 60_000)
+    const relayAddr = relay.getMultiaddrs()[0]!.toString()
+    const circuit = multiaddr(`${relayAddr}/p2p-circuit/p2p/${agentPeer}`)
+    const connection = await client.dial(circuit, { signal: AbortSignal.timeout(10_000) })
+    expect(connection.remoteAddr.toString()).toContain('/p2p-circuit')
   })
 
   it("should drop an agent's reservation when its connection goes, not hours later", async () => {
-    const policy = createRelayPolicy()
-    const relay = await startRelayNode({
-      peerKey: await generateKeyPair('Ed25519'),
-      listen: ['/ip4/127.0.0.1/tcp/0'],
-      policy,
-      log: createLogger('relay-test', 'silent'),
-    })
-    const agentKey = await generateKeyPair('Ed25519')
-    policy.registerAgent('ws-1', peerIdFromPrivateKey(agentKey).toString())
-    let agent: MeshNode | undefined
-    try {
-      agent = await createMeshNode({
-        privateKey: agentKey,
-        listen: [`${relay.getMultiaddrs()[0]!.toString()}/p2p-circuit`],
-        webrtc: false,
-      })
-      expect(relayUsage(relay).reservations).toBe(1)
+    const node = await agent()
+    expect(relayUsage(relay).reservations).toBe(1)
 
-      await agent.stop()
-      await vi.waitFor(() => expect(relayUsage(relay).reservations).toBe(0), { timeout: 5000 })
-    } finally {
-      await agent?.stop()
-      await relay.stop()
-    }
+    await node.stop()
+    await vi.waitFor(() => expect(relayUsage(relay).reservations).toBe(0), { timeout: 5000 })
   })
 })
