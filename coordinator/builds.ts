@@ -220,7 +220,9 @@ export function createBuilds(components: BuildsComponents): Builds {
 
     writer.append({
       source: 'provisioner',
-      text: `${build.transition} ${ws.name}: template ${ws.template} version ${build.templateVersion}`,
+      text:
+        `${build.transition} ${ws.name}: ` +
+        `template ${ws.template} version ${build.templateVersion}`,
     })
     const job: ProvisionJob = {
       buildId: build.id,

@@ -210,7 +210,8 @@ export function workspaceRoutes(coordinator: Coordinator): AnyRoute[] {
       path: '/api/v1/workspaces/:name/agent/logs',
       operationId: 'getAgentLogs',
       summary:
-        "The workspace agent's log (its startup script's output) as NDJSON AgentLogLines; `?follow=true` keeps streaming new lines",
+        "The workspace agent's log (its startup script's output) as NDJSON AgentLogLines; " +
+        '`?follow=true` keeps streaming new lines',
       tag: WORKSPACES,
       auth: 'session',
       action: 'workspace:read',
@@ -272,7 +273,8 @@ export function workspaceRoutes(coordinator: Coordinator): AnyRoute[] {
       path: '/api/v1/agent/register',
       operationId: 'registerAgent',
       summary:
-        'Register a workspace agent (its heartbeat), authenticated with the agent token; answers the ticket key, relays and revoked client peers',
+        'Register a workspace agent (its heartbeat), authenticated with the agent token; ' +
+        'answers the ticket key, relays and revoked client peers',
       tag: AGENTS,
       auth: 'agent',
       body: AgentRegisterRequest,
@@ -285,7 +287,8 @@ export function workspaceRoutes(coordinator: Coordinator): AnyRoute[] {
       path: '/api/v1/agent/startup',
       operationId: 'agentStartup',
       summary:
-        "The agent's startup script, from its start build's outputs; `ready: false` while that build runs",
+        "The agent's startup script, from its start build's outputs; " +
+        '`ready: false` while that build runs',
       tag: AGENTS,
       auth: 'agent',
       response: AgentStartupResponse,

@@ -54,7 +54,8 @@ export function parseAddress(address: string): { host: string; port: number } {
   if (match === null || port > 65535) {
     throw new MeshError(
       'MESH_BAD_ARGUMENT',
-      `Invalid address ${JSON.stringify(address)}: use HOST:PORT, e.g. 127.0.0.1:7080 or [::1]:7080.`,
+      `Invalid address ${JSON.stringify(address)}: ` +
+        'use HOST:PORT, e.g. 127.0.0.1:7080 or [::1]:7080.',
     )
   }
   return { host: match[1] ?? (match[2] || '0.0.0.0'), port }
@@ -167,7 +168,7 @@ async function assertCanListen({ flag, host, port }: Listener): Promise<void> {
   } catch (err) {
     throw new MeshError(
       'MESH_BAD_ARGUMENT',
-      `Cannot listen on ${flag} ${host}:${port}: ${(err as Error).message}; ` + 'pick a free port.',
+      `Cannot listen on ${flag} ${host}:${port}: ${(err as Error).message}; pick a free port.`,
       { cause: err },
     )
   } finally {

@@ -18,12 +18,12 @@ import type {
 } from '../sdk/api-types.ts'
 import { MeshError } from '../sdk/errors.ts'
 import type { Logger } from '../sdk/logger.ts'
+import { ownerLock } from './builds.ts'
 import type { KeyedLock } from './lock.ts'
 import type { UserRecord } from './records.ts'
 import { hashPassword, verifyPassword } from './secrets.ts'
 import type { Store } from './store.ts'
 import type { ApiTokens } from './tokens.ts'
-import { ownerLock } from './builds.ts'
 import { assertUsername, insertUser, USERS_LOCK, type Users } from './users.ts'
 
 export interface UserAdminComponents {

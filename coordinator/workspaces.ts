@@ -88,7 +88,9 @@ function checkParameters(parameters: Record<string, string>): void {
     if (!PARAMETER_NAME.test(name) || name.length > MAX_PARAMETER_NAME) {
       validations.push({
         field,
-        detail: `is not a Terraform variable name (a letter or "_", then letters, digits, "_" and "-"; at most ${MAX_PARAMETER_NAME})`,
+        detail:
+          'is not a Terraform variable name (a letter or "_", then letters, digits, "_" and ' +
+          `"-"; at most ${MAX_PARAMETER_NAME})`,
       })
     } else if (name.startsWith('coder_mesh_')) {
       validations.push({ field, detail: 'is set by coder-mesh and cannot be overridden' })
@@ -312,7 +314,8 @@ export function createWorkspaces(components: WorkspacesComponents): Workspaces {
         if (isBuildActive(latest.status)) {
           throw new MeshError(
             'MESH_BUILD_IN_PROGRESS',
-            `Workspace ${JSON.stringify(name)} is busy with a ${latest.transition} build; wait for it to finish.`,
+            `Workspace ${JSON.stringify(name)} is busy with a ${latest.transition} build; ` +
+              'wait for it to finish.',
             { detail: `build ${latest.id} is ${latest.status}` },
           )
         }

@@ -123,13 +123,10 @@ async function workspaceNames(): Promise<string[]> {
 }
 
 /**
- * How to run ssh so that it reads `file`. OpenSSH takes `~` from the
- * account's entry in the password database, never from $HOME: with HOME
- * pointing elsewhere, plain `ssh` would not see the file we just wrote.
- */
-/**
- * The ssh command that reads `file`: OpenSSH reads only the account's own
- * ~/.ssh/config (from the password database, not $HOME) unless given -F.
+ * How to run ssh so that it reads `file`. Without -F, OpenSSH reads only the
+ * account's own ~/.ssh/config, taking `~` from the password database, never
+ * from $HOME: with HOME pointing elsewhere, or any other file, plain `ssh`
+ * would not see the file we just wrote.
  */
 export function tryCommand(file: string, accountHome = userInfo().homedir): string {
   if (resolve(file) === resolve(accountHome, '.ssh', 'config')) return 'ssh'
